@@ -1,0 +1,374 @@
+//! The chunk cache: `read(file, offset, len)` across the RAM tier, the SSD tier and the
+//! source. Knows nothing of FUSE.
+//!
+//! One chunk's way in: RAM -> SSD (verified, promoted to RAM) -> source (single-flight:
+//! one fetch however many readers wait) -> RAM, and queued for the SSD tier off the
+//! read path. A sequential reader also gets the next chunks fetched in the background.
+
+pub mod disk;
+pub mod ram;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+use tracing::{debug, warn};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::source::{FileVersion, Source};
+use crate::stats::Stats;
+use disk::DiskTier;
+use ram::RamTier;
+
+/// A chunk's bytes, shared between the RAM tier, waiting readers and the write-back queue.
+pub type Chunk = Arc<Vec<u8>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkKey {
+    /// Identity of one version of one file (see `FileVersion::key`).
+    pub file: u128,
+    pub index: u64,
+}
+
+impl ChunkKey {
+    fn shard_hash(&self) -> u64 {
+        (self.file as u64) ^ (self.index.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+}
+
+/// A file as the cache sees it: the version it was opened at and that version's key.
+#[derive(Debug, Clone)]
+pub struct CachedFile {
+    pub version: FileVersion,
+    key: u128,
+}
+
+/// Per open file handle: detects sequential reading and how far ahead it was fetched.
+#[derive(Default)]
+pub struct Stream {
+    /// Last chunk index read + 1 (0 = nothing yet).
+    next_chunk: AtomicU64,
+    /// Readahead window in chunks; 0 = not (yet) sequential.
+    window: AtomicU64,
+    /// Chunks below this index were already queued for readahead.
+    queued_until: AtomicU64,
+}
+
+pub struct CacheConfig {
+    pub chunk_size: u64,
+    pub ram_bytes: u64,
+    pub fetch_threads: usize,
+    /// Largest readahead window, in bytes.
+    pub max_readahead: u64,
+}
+
+/// Write-back queue depth in chunks: bounds memory held by chunks waiting for the SSD.
+const WRITE_QUEUE: usize = 32;
+/// Readahead jobs waiting for a fetch thread; more are dropped (a reader will ask anyway).
+const READAHEAD_QUEUE: usize = 256;
+const INFLIGHT_SHARDS: usize = 16;
+
+struct Flight {
+    done: Mutex<Option<Result<Chunk, i32>>>,
+    cond: Condvar,
+}
+
+pub struct ChunkCache {
+    chunk_size: u64,
+    max_window: u64,
+    ram: RamTier,
+    disk: Option<DiskTier>,
+    source: Arc<Source>,
+    stats: Arc<Stats>,
+    inflight: Box<[Mutex<HashMap<ChunkKey, Arc<Flight>>>]>,
+    write_tx: Mutex<Option<SyncSender<(ChunkKey, Chunk)>>>,
+    readahead_tx: Mutex<Option<SyncSender<(CachedFile, u64)>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ChunkCache {
+    pub fn new(
+        cfg: CacheConfig,
+        disk: Option<DiskTier>,
+        source: Arc<Source>,
+        stats: Arc<Stats>,
+    ) -> Arc<ChunkCache> {
+        let (write_tx, write_rx) = sync_channel::<(ChunkKey, Chunk)>(WRITE_QUEUE);
+        let (ra_tx, ra_rx) = sync_channel::<(CachedFile, u64)>(READAHEAD_QUEUE);
+        let cache = Arc::new(ChunkCache {
+            chunk_size: cfg.chunk_size,
+            max_window: (cfg.max_readahead / cfg.chunk_size).max(2),
+            ram: RamTier::new(cfg.ram_bytes, cfg.chunk_size, stats.clone()),
+            disk,
+            source,
+            stats,
+            inflight: (0..INFLIGHT_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            write_tx: Mutex::new(Some(write_tx)),
+            readahead_tx: Mutex::new(Some(ra_tx)),
+            threads: Mutex::new(Vec::new()),
+        });
+        let mut threads = Vec::new();
+        // The writer holds only a weak reference, so dropping the cache ends it.
+        let weak = Arc::downgrade(&cache);
+        threads.push(
+            std::thread::Builder::new()
+                .name("bicache-writeback".into())
+                .spawn(move || write_back_loop(weak, write_rx))
+                .expect("spawn write-back thread"),
+        );
+        let ra_rx = Arc::new(Mutex::new(ra_rx));
+        for i in 0..cfg.fetch_threads {
+            let weak = Arc::downgrade(&cache);
+            let rx = ra_rx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("bicache-fetch-{i}"))
+                    .spawn(move || readahead_loop(weak, rx))
+                    .expect("spawn fetch thread"),
+            );
+        }
+        *cache.threads.lock() = threads;
+        cache
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    /// The cache's view of one version of a file. The key covers path, size, mtime and
+    /// chunk size, so a changed source file can never hit chunks of its old version.
+    pub fn file(&self, version: FileVersion) -> CachedFile {
+        let mut h = Xxh3::new();
+        h.update(version.path.as_os_str().as_encoded_bytes());
+        h.update(&[0]);
+        h.update(&version.size.to_le_bytes());
+        h.update(&version.mtime_ns.to_le_bytes());
+        h.update(&self.chunk_size.to_le_bytes());
+        CachedFile {
+            key: h.digest128(),
+            version,
+        }
+    }
+
+    fn chunk_len(&self, file: &CachedFile, index: u64) -> usize {
+        let start = index * self.chunk_size;
+        (file.version.size.saturating_sub(start)).min(self.chunk_size) as usize
+    }
+
+    /// Reads up to `len` bytes at `offset` and hands them to `out` (once, contiguous).
+    pub fn read<R>(
+        &self,
+        file: &CachedFile,
+        offset: u64,
+        len: u32,
+        stream: &Stream,
+        out: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        let size = file.version.size;
+        if offset >= size || len == 0 {
+            return Ok(out(&[]));
+        }
+        let end = (offset + len as u64).min(size);
+        let first = offset / self.chunk_size;
+        let last = (end - 1) / self.chunk_size;
+        self.advance_stream(file, stream, first, last);
+        if first == last {
+            // The common case: no copy, the reply is sliced straight out of the chunk.
+            let chunk = self.get_chunk(file, first, true)?;
+            let base = first * self.chunk_size;
+            let a = (offset - base) as usize;
+            let b = ((end - base) as usize).min(chunk.len());
+            return Ok(out(&chunk[a.min(b)..b]));
+        }
+        let mut buf = Vec::with_capacity((end - offset) as usize);
+        for index in first..=last {
+            let chunk = self.get_chunk(file, index, true)?;
+            let base = index * self.chunk_size;
+            let a = offset.saturating_sub(base) as usize;
+            let b = ((end - base) as usize).min(chunk.len());
+            if a < b {
+                buf.extend_from_slice(&chunk[a..b]);
+            }
+        }
+        Ok(out(&buf))
+    }
+
+    /// Returns one chunk from the fastest tier that has it. `count` is false for
+    /// background fetches so that hit rates describe what readers experienced.
+    fn get_chunk(&self, file: &CachedFile, index: u64, count: bool) -> io::Result<Chunk> {
+        let key = ChunkKey {
+            file: file.key,
+            index,
+        };
+        if let Some(c) = self.ram.get(&key) {
+            if count {
+                self.stats.ram_hits.fetch_add(1, Relaxed);
+            }
+            return Ok(c);
+        }
+        if count {
+            self.stats.ram_misses.fetch_add(1, Relaxed);
+        }
+        let shard = &self.inflight[(key.shard_hash() % INFLIGHT_SHARDS as u64) as usize];
+        let (flight, leader) = {
+            let mut map = shard.lock();
+            match map.get(&key) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let f = Arc::new(Flight {
+                        done: Mutex::new(None),
+                        cond: Condvar::new(),
+                    });
+                    map.insert(key, f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if !leader {
+            let mut done = flight.done.lock();
+            while done.is_none() {
+                flight.cond.wait(&mut done);
+            }
+            return done.clone().unwrap().map_err(io::Error::from_raw_os_error);
+        }
+        let result = self.fetch_below_ram(file, key);
+        // Publish to RAM before leaving the flight, so a reader arriving now finds it.
+        if let Ok((c, true)) = &result {
+            self.ram.insert(key, c.clone());
+        }
+        let result = result.map(|(c, _)| c);
+        shard.lock().remove(&key);
+        *flight.done.lock() = Some(
+            result
+                .as_ref()
+                .map(Clone::clone)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+        );
+        flight.cond.notify_all();
+        result
+    }
+
+    /// SSD tier, then the source. Run by exactly one thread per missing chunk.
+    /// The flag says whether the chunk may be cached (it is of the expected version).
+    fn fetch_below_ram(&self, file: &CachedFile, key: ChunkKey) -> io::Result<(Chunk, bool)> {
+        let len = self.chunk_len(file, key.index);
+        if let Some(disk) = &self.disk {
+            if let Some(data) = disk.get(&key, len) {
+                self.stats.disk_hits.fetch_add(1, Relaxed);
+                return Ok((Arc::new(data), true));
+            }
+        }
+        self.stats.disk_misses.fetch_add(1, Relaxed);
+        let fetched = self
+            .source
+            .read_chunk(&file.version, key.index * self.chunk_size, len)
+            .inspect_err(|e| {
+                self.stats.source_errors.fetch_add(1, Relaxed);
+                debug!(path = %file.version.path.display(), "source read failed: {e}");
+            })?;
+        let data = fetched.data;
+        if !fetched.version_matches {
+            // The source file changed since it was opened. Serve what is there now (as the
+            // source itself would), but never file it under the old version's key.
+            warn!(path = %file.version.path.display(), "source file changed while open; not caching");
+            return Ok((Arc::new(data), false));
+        }
+        if data.len() != len {
+            // Shorter than its size said: the file shrank underneath us.
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let chunk = Arc::new(data);
+        if self.disk.is_some() {
+            self.queue_write(key, chunk.clone());
+        }
+        Ok((chunk, true))
+    }
+
+    fn queue_write(&self, key: ChunkKey, chunk: Chunk) {
+        let tx = self.write_tx.lock().clone();
+        if let Some(tx) = tx {
+            // Blocking when full is the back-pressure that bounds the queue's memory.
+            if tx.send((key, chunk)).is_err() {
+                self.stats.disk_writes_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Readahead policy: a reader whose first chunk follows its previous one is sequential;
+    /// its window doubles (up to `max_window`) and chunks ahead are queued for the fetchers.
+    fn advance_stream(&self, file: &CachedFile, stream: &Stream, first: u64, last: u64) {
+        let prev_next = stream.next_chunk.swap(last + 1, Relaxed);
+        let sequential = prev_next > 0 && (first + 1 == prev_next || first == prev_next);
+        let window = if sequential {
+            let w = (stream.window.load(Relaxed) * 2).clamp(2, self.max_window);
+            stream.window.store(w, Relaxed);
+            w
+        } else {
+            stream.window.store(0, Relaxed);
+            stream.queued_until.store(0, Relaxed);
+            return;
+        };
+        let n_chunks = file.version.size.div_ceil(self.chunk_size);
+        let from = stream.queued_until.load(Relaxed).max(last + 1);
+        let to = (last + 1 + window).min(n_chunks);
+        if from >= to {
+            return;
+        }
+        stream.queued_until.store(to, Relaxed);
+        let tx = self.readahead_tx.lock().clone();
+        let Some(tx) = tx else { return };
+        for index in from..to {
+            let key = ChunkKey {
+                file: file.key,
+                index,
+            };
+            if self.ram.contains(&key) {
+                continue;
+            }
+            match tx.try_send((file.clone(), index)) {
+                Ok(()) => {
+                    self.stats.readahead_chunks.fetch_add(1, Relaxed);
+                }
+                Err(TrySendError::Full(_)) => break,
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
+    /// Stops background work and waits until every queued chunk reached the SSD tier.
+    pub fn shutdown(&self) {
+        self.readahead_tx.lock().take();
+        self.write_tx.lock().take();
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_back_loop(cache: Weak<ChunkCache>, rx: Receiver<(ChunkKey, Chunk)>) {
+    while let Ok((key, chunk)) = rx.recv() {
+        let Some(cache) = cache.upgrade() else { return };
+        if let Some(disk) = &cache.disk {
+            disk.put(&key, &chunk);
+        }
+    }
+}
+
+fn readahead_loop(cache: Weak<ChunkCache>, rx: Arc<Mutex<Receiver<(CachedFile, u64)>>>) {
+    loop {
+        let job = rx.lock().recv();
+        let Ok((file, index)) = job else { return };
+        let Some(cache) = cache.upgrade() else { return };
+        if let Err(e) = cache.get_chunk(&file, index, false) {
+            debug!(path = %file.version.path.display(), index, "readahead failed: {e}");
+        }
+    }
+}

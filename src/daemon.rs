@@ -1,0 +1,247 @@
+//! Process life of a mount: fork into the background, report readiness through a pipe
+//! (the parent exits 0 only once the mount is live), logging, signals, clean unmount.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::cache::disk::DiskTier;
+use crate::cache::{CacheConfig, ChunkCache};
+use crate::config::MountConfig;
+use crate::fs::BicacheFs;
+use crate::size::human;
+use crate::source::Source;
+use crate::stats::Stats;
+use crate::tree::Tree;
+
+/// Runs `bicache mount`. Returns the process exit code.
+pub fn mount(cfg: MountConfig) -> i32 {
+    if cfg.foreground {
+        init_logging(&cfg, true);
+        return match serve(&cfg, None) {
+            Ok(()) => 0,
+            Err(msg) => {
+                error!("{msg}");
+                eprintln!("bicache: {msg}");
+                1
+            }
+        };
+    }
+    let (read_end, write_end) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bicache: cannot create a pipe: {e}");
+            return 1;
+        }
+    };
+    // Safety: no threads exist yet (nothing before this point spawns any).
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => {
+            eprintln!("bicache: cannot fork: {e}");
+            1
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(write_end);
+            wait_for_child(read_end)
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(read_end);
+            let _ = nix::unistd::setsid();
+            let _ = std::env::set_current_dir("/");
+            detach_stdio();
+            init_logging(&cfg, false);
+            let mut ready = Some(std::fs::File::from(write_end));
+            let code = match serve(&cfg, Some(&mut ready)) {
+                Ok(()) => 0,
+                Err(msg) => {
+                    error!("{msg}");
+                    if let Some(mut pipe) = ready.take() {
+                        let _ = writeln!(pipe, "error: {msg}");
+                    }
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// The parent's side: one line from the child says how the mount went.
+fn wait_for_child(read_end: OwnedFd) -> i32 {
+    let mut msg = String::new();
+    let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
+    let msg = msg.trim();
+    if msg == "ok" {
+        0
+    } else if let Some(err) = msg.strip_prefix("error: ") {
+        eprintln!("bicache: {err}");
+        1
+    } else {
+        eprintln!("bicache: the daemon exited during start-up (see its log file)");
+        1
+    }
+}
+
+fn detach_stdio() {
+    if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn init_logging(cfg: &MountConfig, foreground: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_path = cfg
+        .log_file
+        .clone()
+        .or_else(|| (!foreground).then(|| cfg.cache_dir.join("bicache.log")));
+    match log_path.and_then(|p| OpenOptions::new().create(true).append(true).open(p).ok()) {
+        Some(file) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init(),
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+}
+
+/// Builds the cache, mounts, reports readiness, serves until unmounted or signalled.
+fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result<(), String> {
+    // Chunk buffers must go back to the OS when freed, so the daemon's resident memory
+    // follows the RAM budget instead of the allocator's high-water mark.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+    // Block the signals we handle before any thread starts, so all threads inherit the mask
+    // and only the signal thread receives them.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
+    info!(
+        source = %cfg.source.display(),
+        mountpoint = %cfg.mountpoint.display(),
+        cache_dir = %cfg.cache_dir.display(),
+        ram = %human(cfg.ram_bytes),
+        disk = %human(cfg.disk_bytes),
+        chunk = %human(cfg.chunk_size),
+        "starting"
+    );
+
+    let stats = Arc::new(Stats::default());
+    let source = Arc::new(Source::new(cfg.source.clone(), stats.clone()));
+    let disk = if cfg.disk_bytes > 0 {
+        Some(DiskTier::open(
+            &cfg.cache_dir,
+            cfg.disk_bytes,
+            stats.clone(),
+        )?)
+    } else {
+        None
+    };
+    let cache = ChunkCache::new(
+        CacheConfig {
+            chunk_size: cfg.chunk_size,
+            ram_bytes: cfg.ram_bytes,
+            fetch_threads: cfg.fetch_threads,
+            max_readahead: 32 << 20,
+        },
+        disk,
+        source.clone(),
+        stats.clone(),
+    );
+    let tree = Tree::new(source, cfg.metadata_ttl);
+    let fs = BicacheFs::new(tree, cache.clone(), stats);
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName(format!("bicache:{}", cfg.source.display())),
+        MountOption::Subtype("bicache".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    config.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(cfg.fuse_threads);
+    config.clone_fd = true;
+
+    let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config)
+        .map_err(|e| format!("cannot mount at {}: {e}", cfg.mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("bicache-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                info!("{sig:?} received, unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    error!("unmount failed: {e}");
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start signal thread: {e}"))?;
+
+    info!("mounted");
+    if let Some(slot) = ready
+        && let Some(mut pipe) = slot.take()
+    {
+        let _ = writeln!(pipe, "ok");
+    }
+    let result = session.run();
+    // destroy() normally flushed already; this covers a session that ended with an error.
+    cache.shutdown();
+    match result {
+        Ok(()) => {
+            info!("exiting");
+            Ok(())
+        }
+        Err(e) => {
+            // The kernel ending the connection at unmount is the normal way out.
+            info!("session ended: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// Detaches a mount left dead by a killed daemon ("Transport endpoint is not connected").
+pub fn detach_dead_mount(path: &Path) -> Result<(), String> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            let out = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(path)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            }
+        }
+    }
+}

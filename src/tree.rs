@@ -1,0 +1,342 @@
+//! The namespace: inode numbers <-> relative paths, attributes and directory listings
+//! cached for the metadata TTL (forever under `--immutable`). Knows nothing of FUSE.
+//!
+//! Inode numbers are handed out on first sight of a path and never reused while mounted,
+//! so they stay stable for as long as the kernel may remember them.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::Metadata;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+
+use crate::source::{FileVersion, Source, mtime_ns};
+
+pub const ROOT_INO: u64 = 1;
+/// Inodes below this are reserved for the control files (see fs.rs).
+pub const FIRST_DATA_INO: u64 = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    CharDev,
+    BlockDev,
+    Socket,
+}
+
+/// The attributes mirrored from the source.
+#[derive(Debug, Clone)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub blocks: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub mtime_ns: i128,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+struct Node {
+    path: PathBuf,
+    attr: Option<(Attr, Instant)>,
+    listing: Option<(Arc<Vec<DirEntry>>, Instant)>,
+}
+
+struct Nodes {
+    by_ino: HashMap<u64, Node>,
+    by_path: HashMap<PathBuf, u64>,
+    next_ino: u64,
+}
+
+pub struct Tree {
+    source: Arc<Source>,
+    nodes: RwLock<Nodes>,
+    /// None: trust cached metadata forever.
+    ttl: Option<Duration>,
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs as u64)
+    }
+}
+
+fn kind_of(meta: &Metadata) -> Kind {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_char_device() {
+        Kind::CharDev
+    } else if ft.is_block_device() {
+        Kind::BlockDev
+    } else if ft.is_socket() {
+        Kind::Socket
+    } else {
+        Kind::File
+    }
+}
+
+fn attr_from(ino: u64, meta: &Metadata) -> Attr {
+    Attr {
+        ino,
+        kind: kind_of(meta),
+        size: meta.size(),
+        blocks: meta.blocks(),
+        perm: (meta.mode() & 0o7777) as u16,
+        nlink: meta.nlink() as u32,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        rdev: meta.rdev() as u32,
+        blksize: meta.blksize() as u32,
+        atime: time(meta.atime(), meta.atime_nsec()),
+        mtime: time(meta.mtime(), meta.mtime_nsec()),
+        ctime: time(meta.ctime(), meta.ctime_nsec()),
+        mtime_ns: mtime_ns(meta),
+    }
+}
+
+impl Tree {
+    pub fn new(source: Arc<Source>, ttl: Option<Duration>) -> Tree {
+        let mut by_ino = HashMap::new();
+        let mut by_path = HashMap::new();
+        by_ino.insert(
+            ROOT_INO,
+            Node {
+                path: PathBuf::new(),
+                attr: None,
+                listing: None,
+            },
+        );
+        by_path.insert(PathBuf::new(), ROOT_INO);
+        Tree {
+            source,
+            nodes: RwLock::new(Nodes {
+                by_ino,
+                by_path,
+                next_ino: FIRST_DATA_INO,
+            }),
+            ttl,
+        }
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        match self.ttl {
+            None => true,
+            Some(ttl) => at.elapsed() < ttl,
+        }
+    }
+
+    /// The TTL to give the kernel for attributes and entries.
+    pub fn kernel_ttl(&self) -> Duration {
+        // "Forever" for the kernel: a year is far beyond any job and safe from overflow.
+        self.ttl.unwrap_or(Duration::from_secs(365 * 24 * 3600))
+    }
+
+    pub fn path_of(&self, ino: u64) -> Option<PathBuf> {
+        self.nodes.read().by_ino.get(&ino).map(|n| n.path.clone())
+    }
+
+    fn ino_for(&self, path: &Path) -> u64 {
+        if let Some(&ino) = self.nodes.read().by_path.get(path) {
+            return ino;
+        }
+        let mut nodes = self.nodes.write();
+        if let Some(&ino) = nodes.by_path.get(path) {
+            return ino;
+        }
+        let ino = nodes.next_ino;
+        nodes.next_ino += 1;
+        nodes.by_path.insert(path.to_path_buf(), ino);
+        nodes.by_ino.insert(
+            ino,
+            Node {
+                path: path.to_path_buf(),
+                attr: None,
+                listing: None,
+            },
+        );
+        ino
+    }
+
+    fn store_attr(&self, ino: u64, attr: &Attr) {
+        if let Some(n) = self.nodes.write().by_ino.get_mut(&ino) {
+            n.attr = Some((attr.clone(), Instant::now()));
+        }
+    }
+
+    /// Attributes of an inode, from the cache while fresh, else from the source.
+    pub fn getattr(&self, ino: u64) -> io::Result<Attr> {
+        let path = {
+            let nodes = self.nodes.read();
+            let node = nodes
+                .by_ino
+                .get(&ino)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+            if let Some((attr, at)) = &node.attr
+                && self.fresh(*at)
+            {
+                return Ok(attr.clone());
+            }
+            node.path.clone()
+        };
+        self.refresh(ino, &path)
+    }
+
+    /// Asks the source and caches the answer.
+    fn refresh(&self, ino: u64, path: &Path) -> io::Result<Attr> {
+        let meta = self.source.lstat(path)?;
+        let attr = attr_from(ino, &meta);
+        self.store_attr(ino, &attr);
+        Ok(attr)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Attr> {
+        let parent_path = self
+            .path_of(parent)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/')
+        {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        let path = parent_path.join(name);
+        // A fresh listing of the parent that lacks the name answers ENOENT without the source.
+        if let Some(listing) = self.cached_listing(parent)
+            && !listing.iter().any(|e| e.name == name)
+        {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        let ino = self.ino_for(&path);
+        self.getattr(ino)
+    }
+
+    fn cached_listing(&self, ino: u64) -> Option<Arc<Vec<DirEntry>>> {
+        let nodes = self.nodes.read();
+        let (listing, at) = nodes.by_ino.get(&ino)?.listing.as_ref()?;
+        self.fresh(*at).then(|| listing.clone())
+    }
+
+    /// A directory's entries (sorted by name, for stable offsets), cached for the TTL.
+    /// Each entry's attributes are fetched too and cached, so the `stat` that nearly
+    /// every walker does next is answered without the source.
+    pub fn list(&self, ino: u64) -> io::Result<Arc<Vec<DirEntry>>> {
+        if let Some(l) = self.cached_listing(ino) {
+            return Ok(l);
+        }
+        let path = self
+            .path_of(ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        let mut names = self.source.list_dir(&path)?;
+        names.sort();
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            let child = path.join(&name);
+            let child_ino = self.ino_for(&child);
+            match self.source.lstat(&child) {
+                Ok(meta) => {
+                    let attr = attr_from(child_ino, &meta);
+                    self.store_attr(child_ino, &attr);
+                    entries.push(DirEntry {
+                        name,
+                        ino: child_ino,
+                        kind: attr.kind,
+                    });
+                }
+                // Deleted between readdir and lstat: it is gone, leave it out.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let listing = Arc::new(entries);
+        if let Some(n) = self.nodes.write().by_ino.get_mut(&ino) {
+            n.listing = Some((listing.clone(), Instant::now()));
+        }
+        Ok(listing)
+    }
+
+    /// The cached attributes of an entry just listed (for readdirplus).
+    pub fn cached_attr(&self, ino: u64) -> Option<Attr> {
+        let nodes = self.nodes.read();
+        nodes
+            .by_ino
+            .get(&ino)?
+            .attr
+            .as_ref()
+            .map(|(a, _)| a.clone())
+    }
+
+    pub fn read_link(&self, ino: u64) -> io::Result<PathBuf> {
+        let path = self
+            .path_of(ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        self.source.read_link(&path)
+    }
+
+    /// The version of a regular file to serve from now on (attributes per the TTL).
+    pub fn file_version(&self, ino: u64) -> io::Result<(FileVersion, Attr)> {
+        let attr = self.getattr(ino)?;
+        if attr.kind != Kind::File {
+            return Err(io::Error::from_raw_os_error(if attr.kind == Kind::Dir {
+                libc::EISDIR
+            } else {
+                libc::EINVAL
+            }));
+        }
+        let path = self
+            .path_of(ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        Ok((
+            FileVersion {
+                path,
+                size: attr.size,
+                mtime_ns: attr.mtime_ns,
+            },
+            attr,
+        ))
+    }
+
+    pub fn statfs(&self) -> io::Result<nix::sys::statvfs::Statvfs> {
+        self.source.statfs()
+    }
+
+    pub fn get_xattr(&self, ino: u64, name: &OsStr) -> io::Result<Vec<u8>> {
+        let path = self
+            .path_of(ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        self.source.get_xattr(&path, name)
+    }
+
+    pub fn list_xattr(&self, ino: u64) -> io::Result<Vec<u8>> {
+        let path = self
+            .path_of(ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        self.source.list_xattr(&path)
+    }
+}
