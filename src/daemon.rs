@@ -12,7 +12,7 @@ use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::cache::disk::DiskTier;
+use crate::cache::disk::{DiskTier, OpenError};
 use crate::cache::{CacheConfig, ChunkCache};
 use crate::config::MountConfig;
 use crate::fs::BicacheFs;
@@ -150,11 +150,14 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     let stats = Arc::new(Stats::default());
     let source = Arc::new(Source::new(cfg.source.clone(), stats.clone()));
     let disk = if cfg.disk_bytes > 0 {
-        Some(DiskTier::open(
-            &cfg.cache_dir,
-            cfg.disk_bytes,
-            stats.clone(),
-        )?)
+        match DiskTier::open(&cfg.cache_dir, cfg.disk_bytes, stats.clone()) {
+            Ok(d) => Some(d),
+            Err(OpenError::Locked(msg)) => return Err(msg),
+            Err(OpenError::Unusable(msg)) => {
+                warn!("SSD tier disabled, serving from RAM and the source: {msg}");
+                None
+            }
+        }
     } else {
         None
     };

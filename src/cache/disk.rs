@@ -108,6 +108,15 @@ struct Index {
     used: u64,
 }
 
+/// Why the SSD tier could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another daemon owns the cache dir: mounting must fail.
+    Locked(String),
+    /// The cache dir can't be used (read-only, permissions...): run without an SSD tier.
+    Unusable(String),
+}
+
 pub struct DiskTier {
     chunks: PathBuf,
     tmp: PathBuf,
@@ -123,17 +132,19 @@ pub struct DiskTier {
 
 impl DiskTier {
     /// Opens (or creates) the SSD tier in `dir`, taking its lock and rebuilding the index.
-    pub fn open(dir: &Path, capacity: u64, stats: Arc<Stats>) -> Result<DiskTier, String> {
+    pub fn open(dir: &Path, capacity: u64, stats: Arc<Stats>) -> Result<DiskTier, OpenError> {
         let lock = lock_cache_dir(dir)?;
         let chunks = dir.join(CHUNK_DIR);
         let tmp = dir.join(TMP_DIR);
-        check_format(dir, &chunks)?;
+        check_format(dir, &chunks).map_err(OpenError::Unusable)?;
         let mkdir = |p: &Path| {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(p)
-                .map_err(|e| format!("--cache-dir: cannot create {}: {e}", p.display()))
+                .map_err(|e| {
+                    OpenError::Unusable(format!("cannot create {}: {e}", p.display()))
+                })
         };
         mkdir(&chunks)?;
         for b in 0..256 {
@@ -397,7 +408,7 @@ fn preadv_exact(file: &File, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
 }
 
 /// Takes an exclusive advisory lock on `<dir>/lock`: one daemon per cache dir.
-fn lock_cache_dir(dir: &Path) -> Result<File, String> {
+fn lock_cache_dir(dir: &Path) -> Result<File, OpenError> {
     let path = dir.join(LOCK_FILE);
     let mut f = OpenOptions::new()
         .read(true)
@@ -406,16 +417,16 @@ fn lock_cache_dir(dir: &Path) -> Result<File, String> {
         .truncate(false)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| format!("--cache-dir: cannot open {}: {e}", path.display()))?;
+        .map_err(|e| OpenError::Unusable(format!("cannot open {}: {e}", path.display())))?;
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         let owner = fs::read_to_string(&path).unwrap_or_default();
-        return Err(format!(
+        return Err(OpenError::Locked(format!(
             "--cache-dir {} is in use by another bicache daemon (pid {}); give each mount its \
              own cache dir",
             dir.display(),
             owner.trim()
-        ));
+        )));
     }
     let _ = f.set_len(0);
     let _ = writeln!(f, "{}", std::process::id());
@@ -437,7 +448,7 @@ fn check_format(dir: &Path, chunks: &Path) -> Result<(), String> {
             let _ = fs::remove_dir_all(chunks);
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("--cache-dir: cannot read {}: {e}", path.display())),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     }
     let mut f = OpenOptions::new()
         .write(true)
@@ -445,9 +456,9 @@ fn check_format(dir: &Path, chunks: &Path) -> Result<(), String> {
         .truncate(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| format!("--cache-dir: cannot write {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     f.write_all(want.as_bytes())
-        .map_err(|e| format!("--cache-dir: cannot write {}: {e}", path.display()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]
