@@ -1,0 +1,559 @@
+//! A cache you can trust: damaged cache files, killed daemons, full disks, changed and
+//! unreadable source files, a second daemon on one cache dir, sustained load.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Chunk files of the SSD tier, sorted.
+fn chunk_files(cache: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in fs::read_dir(cache.join("chunks-v1")).unwrap().flatten() {
+        if let Ok(rd) = fs::read_dir(sub.path()) {
+            out.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn read_all(mp: &Path, files: &[(String, Vec<u8>)]) {
+    for (rel, want) in files {
+        let got = fs::read(mp.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
+        assert_bytes_eq(&got, want, rel);
+    }
+}
+
+fn make_files(s: &Scratch, n: usize, size: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let rel = format!("d{}/f{i}.bin", i % 3);
+            let data = s.file(&rel, size + i * 777, seed + i as u64);
+            (rel, data)
+        })
+        .collect()
+}
+
+#[test]
+fn damaged_cache_files_are_detected_and_never_served() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let files = make_files(&s, 6, 300 * 1024, 11);
+    let args = [
+        "--chunk-size",
+        "64KiB",
+        "--ram",
+        "128KiB",
+        "--disk",
+        "64MiB",
+    ];
+    {
+        let m = s.mount(&args);
+        read_all(&m.mountpoint, &files);
+    } // clean unmount: every chunk reaches the SSD tier
+
+    let chunks = chunk_files(&s.cache);
+    assert!(
+        chunks.len() >= 20,
+        "expected the SSD tier to hold the data, found {} files",
+        chunks.len()
+    );
+    // 1: a flipped bit in the data; 2: truncated; 3: deleted; 4: a flipped header byte;
+    // 5: same length, other content (a chunk of another file copied over it).
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&chunks[0])
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 1000).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], 1000).unwrap();
+    drop(f);
+    let len = fs::metadata(&chunks[1]).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&chunks[1])
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    fs::remove_file(&chunks[2]).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&chunks[3])
+        .unwrap();
+    f.write_all_at(&[0xff], 20).unwrap();
+    let other = fs::read(&chunks[5]).unwrap();
+    let same_len = chunks[6..]
+        .iter()
+        .find(|p| fs::metadata(p).unwrap().len() == other.len() as u64)
+        .expect("two chunk files of equal length")
+        .clone();
+    fs::write(&same_len, &other).unwrap();
+    // Garbage that must be ignored or cleaned, never served.
+    fs::write(s.cache.join("chunks-v1/00/garbage"), b"not a chunk").unwrap();
+    fs::write(s.cache.join("chunks-v1/00/zz-1-2"), b"nope").unwrap();
+
+    let m = s.mount(&args);
+    let before = m.stats();
+    for _ in 0..2 {
+        drop_caches();
+        read_all(&m.mountpoint, &files);
+    }
+    let st = m.stats();
+    assert!(
+        stat(&st, "disk.corrupt") >= 4,
+        "flipped, truncated, header-damaged and swapped chunks must be counted: {st}"
+    );
+    assert!(stat(&st, "disk.hits") > 0, "{st}");
+    // Only the damaged chunks came from the source again.
+    let refetched = stat(&st, "source.bytes") - stat(&before, "source.bytes");
+    assert!(
+        refetched <= 6 * 64 * 1024,
+        "refetched {refetched} bytes: {st}"
+    );
+    assert!(
+        !s.cache.join("chunks-v1/00/garbage").exists(),
+        "garbage should be cleaned"
+    );
+}
+
+#[test]
+fn unknown_format_version_is_cleared_not_misread() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let files = make_files(&s, 2, 200 * 1024, 5);
+    let args = [
+        "--chunk-size",
+        "64KiB",
+        "--ram",
+        "128KiB",
+        "--disk",
+        "16MiB",
+    ];
+    {
+        let m = s.mount(&args);
+        read_all(&m.mountpoint, &files);
+    }
+    fs::write(s.cache.join("FORMAT"), "bicache-cache 999\n").unwrap();
+    let m = s.mount(&args);
+    read_all(&m.mountpoint, &files);
+    let st = m.stats();
+    assert_eq!(
+        stat(&st, "disk.hits"),
+        0,
+        "an unknown format must not be read: {st}"
+    );
+    assert_eq!(
+        fs::read_to_string(s.cache.join("FORMAT")).unwrap(),
+        "bicache-cache 1\n"
+    );
+}
+
+#[test]
+fn kill_9_during_readers_then_remount_is_exact_and_warm() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let files = make_files(&s, 8, 12 << 20, 21);
+    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    let args = [
+        "--chunk-size",
+        "256KiB",
+        "--ram",
+        "8MiB",
+        "--disk",
+        "512MiB",
+    ];
+    let mut m = s.mount(&args);
+    let mp = m.mountpoint.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|t| {
+            let mp = mp.clone();
+            let names: Vec<String> = files.iter().map(|(r, _)| r.clone()).collect();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                for rel in names.iter().cycle().skip(t * 2).take(names.len()) {
+                    let Ok(mut f) = fs::File::open(mp.join(rel)) else {
+                        return;
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        match f.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    unsafe { libc::kill(m.pid, libc::SIGKILL) };
+    assert!(wait_pid_exit(m.pid, Duration::from_secs(10)));
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    // The dead mount answers ENOTCONN; a new `bicache mount` on it must cope.
+    m.forget_mounted();
+    let m2 = Mount::new(&s.src, &s.cache, &args);
+    drop(m); // its mountpoint is dead; cleanup must not fail
+    drop_caches();
+    read_all(&m2.mountpoint, &files);
+    let st = m2.stats();
+    assert!(
+        stat(&st, "source.bytes") < total,
+        "chunks written before the kill must be served from the SSD tier: {st}"
+    );
+    assert!(stat(&st, "disk.hits") > 0, "{st}");
+}
+
+#[test]
+fn mount_on_a_dead_mountpoint_recovers_it() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let files = make_files(&s, 2, 100 * 1024, 3);
+    let (_tmp, base) = temp_dir("bicache-dead-");
+    let mp = base.join("mnt");
+    fs::create_dir(&mp).unwrap();
+    let mount_at = |mp: &Path| {
+        bicache(
+            [
+                OsStr::new("mount"),
+                s.src.as_os_str(),
+                mp.as_os_str(),
+                OsStr::new("--cache-dir"),
+                s.cache.as_os_str(),
+                OsStr::new("--disk"),
+                OsStr::new("16MiB"),
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    let out = mount_at(&mp);
+    assert!(out.status.success(), "{}", out.describe());
+    let pid = pids_with_arg(mp.as_os_str());
+    for p in &pid {
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+        wait_pid_exit(*p, Duration::from_secs(10));
+    }
+    let err = fs::metadata(&mp).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let out = mount_at(&mp);
+    let ok = out.status.success();
+    let result = std::panic::catch_unwind(|| {
+        assert!(ok, "mount over a dead mountpoint: {}", out.describe());
+        read_all(&mp, &files);
+    });
+    let un = bicache(
+        [OsStr::new("unmount"), mp.as_os_str()],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    if is_mounted(&mp) {
+        let _ = Command::new("fusermount3").arg("-uz").arg(&mp).status();
+    }
+    result.unwrap();
+    assert!(un.status.success(), "{}", un.describe());
+}
+
+/// A tmpfs mounted for the test and always unmounted.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new(dir: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs at {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_cache_filesystem_degrades_to_source_reads() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let size = 300usize << 20;
+    let data = s.file("big.bin", size, 99);
+    let tmpfs = Tmpfs::new(&s.base.join("small"), "32m");
+    let cache = tmpfs.0.join("cache");
+    let m = Mount::new(&s.src, &cache, &["--ram", "16MiB", "--disk", "1GiB"]);
+    for pass in 0..2 {
+        drop_caches();
+        let got = fs::read(m.path("big.bin")).unwrap_or_else(|e| panic!("pass {pass}: {e}"));
+        assert_bytes_eq(&got, &data, "big.bin");
+    }
+    let st = m.stats();
+    assert!(
+        stat(&st, "disk.write_errors") > 0,
+        "the 32 MiB disk must have filled: {st}"
+    );
+    drop(m);
+    drop(tmpfs);
+}
+
+#[test]
+fn second_daemon_on_the_same_cache_dir_is_refused() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    s.file("a", 1000, 1);
+    let _m = s.mount(&["--disk", "16MiB"]);
+    let (_tmp, base) = temp_dir("bicache-second-");
+    let mp2 = base.join("mnt");
+    fs::create_dir(&mp2).unwrap();
+    let out = bicache(
+        [
+            OsStr::new("mount"),
+            s.src.as_os_str(),
+            mp2.as_os_str(),
+            OsStr::new("--cache-dir"),
+            s.cache.as_os_str(),
+            OsStr::new("--disk"),
+            OsStr::new("16MiB"),
+        ],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let mounted = is_mounted(&mp2);
+    if mounted {
+        let _ = Command::new("fusermount3").arg("-uz").arg(&mp2).status();
+    }
+    assert!(
+        !out.status.success(),
+        "second daemon accepted: {}",
+        out.describe()
+    );
+    assert!(!mounted, "second mount left mounted");
+    let line = out.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains(&*s.cache.to_string_lossy()) && line.contains("in use"),
+        "{line}"
+    );
+}
+
+#[test]
+fn changed_source_file_is_served_fresh_after_ttl_and_after_remount() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let old = s.file("data.bin", 200_000, 1);
+    let args = [
+        "--metadata-ttl",
+        "1",
+        "--chunk-size",
+        "64KiB",
+        "--disk",
+        "16MiB",
+    ];
+    let mut m = s.mount(&args);
+    assert_bytes_eq(&fs::read(m.path("data.bin")).unwrap(), &old, "old");
+    // Same size, new content and mtime.
+    let new = pseudo_random(2, old.len());
+    fs::write(s.src.join("data.bin"), &new).unwrap();
+    set_mtime(&s.src.join("data.bin"), 2_000_000_000, 123_456_789);
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_bytes_eq(
+        &fs::read(m.path("data.bin")).unwrap(),
+        &new,
+        "after the TTL",
+    );
+    m.remount();
+    drop_caches();
+    assert_bytes_eq(
+        &fs::read(m.path("data.bin")).unwrap(),
+        &new,
+        "after remount",
+    );
+
+    // A deleted source file disappears after the TTL.
+    fs::remove_file(s.src.join("data.bin")).unwrap();
+    std::thread::sleep(Duration::from_millis(1600));
+    let e = fs::metadata(m.path("data.bin")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+}
+
+#[test]
+fn unreadable_source_file_gives_eacces_and_the_daemon_stays_up() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let ok = s.file("ok.bin", 50_000, 1);
+    s.file("secret.bin", 50_000, 2);
+    fs::set_permissions(s.src.join("secret.bin"), fs::Permissions::from_mode(0o000)).unwrap();
+    // Root reads anything; a daemon without the DAC-override capabilities meets the
+    // source's permission bits like any user would.
+    let (_tmp, base) = temp_dir("bicache-eacces-");
+    let mp = base.join("mnt");
+    fs::create_dir(&mp).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--bounding-set",
+        "-dac_override,-dac_read_search",
+        "--inh-caps",
+        "-all",
+        BIN,
+    ])
+    .arg("mount")
+    .arg(&s.src)
+    .arg(&mp)
+    .arg("--cache-dir")
+    .arg(&s.cache)
+    .args(["--disk", "16MiB"]);
+    let out = run_cmd(cmd, Duration::from_secs(30)).unwrap();
+    assert!(out.status.success(), "{}", out.describe());
+    let pids = pids_with_arg(mp.as_os_str());
+    let result = std::panic::catch_unwind(|| {
+        let e = fs::read(mp.join("secret.bin")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+        assert_bytes_eq(&fs::read(mp.join("ok.bin")).unwrap(), &ok, "ok.bin");
+        let e = fs::read(mp.join("secret.bin")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    });
+    let un = bicache(
+        [OsStr::new("unmount"), mp.as_os_str()],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    if is_mounted(&mp) {
+        let _ = Command::new("fusermount3").arg("-uz").arg(&mp).status();
+    }
+    for p in pids {
+        if !wait_pid_exit(p, Duration::from_secs(5)) {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    result.unwrap();
+    assert!(un.status.success(), "{}", un.describe());
+}
+
+/// 16 readers over a dataset several times the cache: no errors, every byte right,
+/// resident memory within budget + 100 MiB, descriptors bounded. `BICACHE_LOAD_SECS`
+/// makes it longer (scripts/load-test.sh).
+#[test]
+fn sixteen_readers_over_a_dataset_larger_than_the_cache() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let secs: u64 = std::env::var("BICACHE_LOAD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let s = Scratch::new();
+    let files: Arc<Vec<(String, Vec<u8>)>> = Arc::new(make_files(&s, 48, 3 << 20, 1000));
+    let m = Mount::with_deadline(
+        &s.src,
+        &s.cache,
+        &[
+            "--chunk-size",
+            "256KiB",
+            "--ram",
+            "16MiB",
+            "--disk",
+            "32MiB",
+        ],
+        Duration::from_secs(secs + 240),
+    );
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let reads = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..16u64)
+        .map(|t| {
+            let files = files.clone();
+            let mp = m.mountpoint.clone();
+            let reads = reads.clone();
+            std::thread::spawn(move || {
+                let mut rng = XorShift::new(t + 1);
+                let mut buf = vec![0u8; 300_000];
+                while Instant::now() < deadline {
+                    let (rel, want) = &files[rng.below(files.len() as u64) as usize];
+                    let f = fs::File::open(mp.join(rel)).unwrap();
+                    let off = rng.below(want.len() as u64);
+                    let len = 1 + rng.below(buf.len() as u64) as usize;
+                    let n = read_full_at(&f, &mut buf[..len], off).unwrap();
+                    let end = (off as usize + len).min(want.len());
+                    assert_eq!(n, end - off as usize, "{rel} @{off}+{len}");
+                    assert_bytes_eq(&buf[..n], &want[off as usize..end], rel);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let budget = 16u64 << 20;
+    let mut peak_rss = 0;
+    let mut peak_fds = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let status = fs::read_to_string(format!("/proc/{}/status", m.pid)).unwrap();
+        let rss_kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        peak_rss = peak_rss.max(rss_kb * 1024);
+        peak_fds = peak_fds.max(fs::read_dir(format!("/proc/{}/fd", m.pid)).unwrap().count());
+        let st = m.stats();
+        assert!(stat(&st, "ram.bytes") <= stat(&st, "ram.capacity"), "{st}");
+        assert!(
+            stat(&st, "disk.bytes") <= stat(&st, "disk.capacity"),
+            "{st}"
+        );
+    }
+    for t in threads {
+        t.join().expect("a reader failed");
+    }
+    assert!(reads.load(Ordering::Relaxed) > 100);
+    assert!(
+        peak_rss <= budget + (100 << 20),
+        "peak RSS {peak_rss} over budget + 100 MiB"
+    );
+    assert!(peak_fds < 600, "{peak_fds} open descriptors");
+    let st = m.stats();
+    assert_eq!(stat(&st, "source.errors"), 0, "{st}");
+    assert!(
+        du_bytes(&s.cache) <= (32 << 20) + (4 << 20),
+        "cache dir over budget"
+    );
+}
