@@ -29,6 +29,97 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print this shard's relative paths, one a line (no mount needed).
+    Plan(PlanArgs),
+    /// Wait until a mount's shard prefetch has finished, with a progress bar.
+    Warm {
+        mountpoint: PathBuf,
+        /// No progress bar; just wait.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// The dataset directory.
+    pub source: PathBuf,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    /// Cache capacity that `--shard-size auto` fits the shard to (as `mount` would
+    /// compute it from --disk, or --ram when --disk is 0).
+    #[arg(long, value_name = "SIZE")]
+    pub capacity: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardMode {
+    None,
+    Rank,
+    Node,
+    Disk,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardView {
+    /// Directory listings show only this shard's files (and always-visible ones).
+    Restrict,
+    /// Listings show the whole dataset.
+    All,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardSize {
+    /// The shard is this mount's whole part of the partition.
+    Full,
+    /// Cut the shard to fit the cache capacity (x (1 + --overflow), at least --min-files).
+    Auto,
+}
+
+/// Lazy sharding: which slice of the dataset this mount serves. Shared by `mount` and `plan`.
+#[derive(Args, Debug, Clone)]
+pub struct ShardArgs {
+    /// Which group this mount serves; index and count come from the launcher's environment
+    /// (torchrun or Slurm) unless --shard-index/--shard-count are given.
+    #[arg(long, value_enum, default_value = "none")]
+    pub shard: ShardMode,
+    /// Explicit shard index I (with --shard-count; overrides the environment).
+    #[arg(long, value_name = "I")]
+    pub shard_index: Option<u64>,
+    /// Explicit shard count K (with --shard-index).
+    #[arg(long, value_name = "K")]
+    pub shard_count: Option<u64>,
+    /// `--shard disk`: local disks per node, one mount per disk.
+    #[arg(long, value_name = "D")]
+    pub disks: Option<u64>,
+    /// `--shard disk`: this mount's disk, 0..D-1.
+    #[arg(long, value_name = "J")]
+    pub disk_index: Option<u64>,
+    /// Seed of the shuffle that the partition is drawn from.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// File listing the dataset's relative paths, one a line (default: walk SOURCE).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// restrict: listings show only this shard; all: everything.
+    #[arg(long, value_enum, default_value = "restrict")]
+    pub shard_view: ShardView,
+    /// Files visible in every shard and never partitioned (besides zarr metadata).
+    /// Matched against the file name and the relative path. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub always_visible: Vec<String>,
+    /// Opening a file outside this shard fails with EACCES instead of being served.
+    #[arg(long)]
+    pub shard_strict: bool,
+    /// full: the shard is the whole part; auto: fit it to the cache.
+    #[arg(long, value_enum, default_value = "full")]
+    pub shard_size: ShardSize,
+    /// With --shard-size auto: keep at least this many files.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub min_files: u64,
+    /// With --shard-size auto: let the shard exceed the cache by this fraction (0.1 = 10%).
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub overflow: f64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -84,7 +175,32 @@ pub struct MountArgs {
     /// FUSE request threads.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub fuse_threads: usize,
-    /// Background threads fetching from the source (readahead and write-back use them).
+    /// Background threads fetching readahead chunks from the source.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub fetch_threads: usize,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    /// Threads prefetching the shard (bounded so the shared filesystem isn't flooded).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub prefetch_threads: usize,
+    /// Prefetch the shard in the background: on by default for sharded mounts, off for
+    /// `--shard none` (where the "shard" is the whole dataset).
+    #[arg(long, value_name = "on|off")]
+    pub prefetch: Option<OnOff>,
+    /// pin: chunks of the shard (of the dataset, unsharded) are kept while they fit, so
+    /// random-order epochs get the best possible hit rate; lru: plain LRU for other patterns.
+    #[arg(long, value_enum, default_value = "pin")]
+    pub cache_policy: CachePolicy,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachePolicy {
+    Pin,
+    Lru,
 }

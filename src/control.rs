@@ -104,6 +104,11 @@ pub fn stats(mountpoint: &Path, json: bool) -> Result<String, String> {
         .map_err(|_| format!("{} is not a bicache mount", mountpoint.display()))
 }
 
+/// Waits until the mount's prefetch is done, drawing a progress bar unless `quiet`.
+pub fn warm(_mountpoint: &Path, _quiet: bool) -> Result<(), String> {
+    Err("not implemented yet".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::unescape;

@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod daemon;
 mod fs;
+mod shard;
 mod size;
 mod source;
 mod stats;
@@ -37,6 +38,20 @@ fn main() {
                 print!("{text}");
                 0
             }
+            Err(e) => {
+                eprintln!("bicache: {e}");
+                1
+            }
+        },
+        Command::Plan(args) => match shard::run_plan(&args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("bicache: {e}");
+                2
+            }
+        },
+        Command::Warm { mountpoint, quiet } => match control::warm(&mountpoint, quiet) {
+            Ok(()) => 0,
             Err(e) => {
                 eprintln!("bicache: {e}");
                 1
