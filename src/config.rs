@@ -7,7 +7,9 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::MountArgs;
+use crate::cache::PinPolicy;
+use crate::cli::{CachePolicy, MountArgs, OnOff, ShardArgs};
+use crate::shard::{AlwaysVisible, ShardId, resolve_shard};
 use crate::size::{SizeSpec, human, parse_size};
 
 /// Largest chunk we accept: one FUSE reply is assembled from whole chunks in memory.
@@ -31,6 +33,12 @@ pub struct MountConfig {
     pub fetch_threads: usize,
     /// Messages worth a warning once logging is up (e.g. a budget larger than the disk).
     pub warnings: Vec<String>,
+    pub shard_args: ShardArgs,
+    /// None: `--shard none` (the whole dataset is this mount's).
+    pub shard: Option<ShardId>,
+    pub prefetch: bool,
+    pub prefetch_threads: usize,
+    pub pin: PinPolicy,
 }
 
 /// A user error: printed as one line, exit status 2.
@@ -80,6 +88,27 @@ impl MountConfig {
                 "--fetch-threads: invalid value '{}': expected 1..256",
                 args.fetch_threads
             ));
+        }
+
+        if args.prefetch_threads == 0 || args.prefetch_threads > 64 {
+            return fail(format!(
+                "--prefetch-threads: invalid value '{}': expected 1..64",
+                args.prefetch_threads
+            ));
+        }
+        let sa = &args.shard;
+        if !sa.overflow.is_finite() || sa.overflow < 0.0 {
+            return fail(format!(
+                "--overflow: invalid value '{}': expected a fraction >= 0",
+                sa.overflow
+            ));
+        }
+        AlwaysVisible::new(&sa.always_visible).map_err(ConfigError)?;
+        let shard = resolve_shard(sa, &|k| std::env::var(k).ok()).map_err(ConfigError)?;
+        if let Some(m) = &sa.manifest
+            && !m.is_file()
+        {
+            return fail(format!("--manifest {}: not a readable file", m.display()));
         }
 
         let source = existing_dir(&args.source, "source")?;
@@ -170,6 +199,19 @@ impl MountConfig {
             fuse_threads: args.fuse_threads,
             fetch_threads: args.fetch_threads,
             warnings,
+            shard_args: args.shard.clone(),
+            prefetch: match args.prefetch {
+                Some(OnOff::On) => true,
+                Some(OnOff::Off) => false,
+                None => shard.is_some(),
+            },
+            prefetch_threads: args.prefetch_threads,
+            pin: match (args.cache_policy, &shard) {
+                (CachePolicy::Lru, _) => PinPolicy::Off,
+                (CachePolicy::Pin, Some(_)) => PinPolicy::Set,
+                (CachePolicy::Pin, None) => PinPolicy::All,
+            },
+            shard,
         })
     }
 }

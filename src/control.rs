@@ -105,8 +105,68 @@ pub fn stats(mountpoint: &Path, json: bool) -> Result<String, String> {
 }
 
 /// Waits until the mount's prefetch is done, drawing a progress bar unless `quiet`.
-pub fn warm(_mountpoint: &Path, _quiet: bool) -> Result<(), String> {
-    Err("not implemented yet".into())
+pub fn warm(mountpoint: &Path, quiet: bool) -> Result<(), String> {
+    let read = || -> Result<serde_json::Value, String> {
+        let text = stats(mountpoint, true)?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{}: unreadable stats ({e})", mountpoint.display()))
+    };
+    let field = |v: &serde_json::Value, k: &str| v["prefetch"][k].as_u64().unwrap_or(0);
+    let state =
+        |v: &serde_json::Value| v["prefetch"]["state"].as_str().unwrap_or("off").to_string();
+    let first = read()?;
+    if state(&first) == "off" {
+        if !quiet {
+            eprintln!(
+                "bicache: {}: no prefetch configured (a sharded mount, or --prefetch on)",
+                mountpoint.display()
+            );
+        }
+        return Ok(());
+    }
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(field(&first, "bytes_total"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} warming [{bar:40}] {bytes}/{total_bytes} {msg} ({binary_bytes_per_sec}, ETA {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    };
+    loop {
+        let v = read()?;
+        bar.set_position(field(&v, "bytes"));
+        bar.set_message(format!(
+            "{}/{} files",
+            field(&v, "files_done"),
+            field(&v, "files_total")
+        ));
+        match state(&v).as_str() {
+            "running" => std::thread::sleep(Duration::from_millis(200)),
+            "full" => {
+                bar.abandon_with_message(format!(
+                    "{}/{} files: the cache is full, the rest is served through the LRU",
+                    field(&v, "files_done"),
+                    field(&v, "files_total")
+                ));
+                return Ok(());
+            }
+            _ => {
+                bar.finish_with_message(format!("{} files cached", field(&v, "files_done")));
+                let errors = field(&v, "errors");
+                if errors > 0 {
+                    return Err(format!(
+                        "prefetch finished with {errors} files failing (see the daemon log)"
+                    ));
+                }
+                return Ok(());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
@@ -13,12 +14,15 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::cache::disk::{DiskTier, OpenError};
-use crate::cache::{CacheConfig, ChunkCache};
+use crate::cache::{CacheConfig, CachedFile, ChunkCache, PinPolicy, pinned_share};
 use crate::config::MountConfig;
 use crate::fs::BicacheFs;
+use crate::prefetch;
+use crate::shard::{AlwaysVisible, list_dataset, make_plan, sizing_for, summary};
 use crate::size::human;
 use crate::source::Source;
 use crate::stats::Stats;
+use crate::tree::ShardView;
 use crate::tree::Tree;
 
 /// Runs `bicache mount`. Returns the process exit code.
@@ -150,7 +154,12 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     let stats = Arc::new(Stats::default());
     let source = Arc::new(Source::new(cfg.source.clone(), stats.clone()));
     let disk = if cfg.disk_bytes > 0 {
-        match DiskTier::open(&cfg.cache_dir, cfg.disk_bytes, stats.clone()) {
+        match DiskTier::open(
+            &cfg.cache_dir,
+            cfg.disk_bytes,
+            pinned_share(cfg.disk_bytes, cfg.pin),
+            stats.clone(),
+        ) {
             Ok(d) => Some(d),
             Err(OpenError::Locked(msg)) => return Err(msg),
             Err(OpenError::Unusable(msg)) => {
@@ -167,13 +176,22 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
             ram_bytes: cfg.ram_bytes,
             fetch_threads: cfg.fetch_threads,
             max_readahead: 32 << 20,
+            pin: cfg.pin,
         },
         disk,
         source.clone(),
         stats.clone(),
     );
-    let tree = Tree::new(source, cfg.metadata_ttl);
-    let fs = BicacheFs::new(tree, cache.clone(), stats);
+    let has_disk = cache.has_disk();
+    let shard = plan_shard(cfg, &cache, &stats, has_disk)?;
+    let tree = Tree::new(source, cfg.metadata_ttl, shard.view);
+    let fs = BicacheFs::new(
+        tree,
+        cache.clone(),
+        stats.clone(),
+        shard.paths,
+        cfg.shard_args.shard_strict,
+    );
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -209,6 +227,9 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
         .map_err(|e| format!("cannot start signal thread: {e}"))?;
 
     info!("mounted");
+    if !shard.prefetch.is_empty() {
+        prefetch::start(&cache, shard.prefetch, cfg.prefetch_threads, stats.clone());
+    }
     if let Some(slot) = ready
         && let Some(mut pipe) = slot.take()
     {
@@ -228,6 +249,96 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
             Ok(())
         }
     }
+}
+
+/// What sharding gives the rest of the daemon.
+struct ShardSetup {
+    view: Option<ShardView>,
+    /// This shard's relative paths, for `.bicache/shard.txt`.
+    paths: Arc<Vec<std::path::PathBuf>>,
+    /// Files to prefetch, in plan order (empty: no prefetch).
+    prefetch: Vec<CachedFile>,
+}
+
+/// Lists the dataset and plans this mount's shard (only when sharding or prefetch asks for
+/// it: the walk costs metadata operations on the shared filesystem), pins its files.
+fn plan_shard(
+    cfg: &MountConfig,
+    cache: &ChunkCache,
+    stats: &Stats,
+    has_disk: bool,
+) -> Result<ShardSetup, String> {
+    let sa = &cfg.shard_args;
+    if cfg.shard.is_none() && !cfg.prefetch {
+        if cfg.pin == PinPolicy::All {
+            cache.repin_all();
+        }
+        return Ok(ShardSetup {
+            view: None,
+            paths: Arc::new(Vec::new()),
+            prefetch: Vec::new(),
+        });
+    }
+    let started = std::time::Instant::now();
+    let files = list_dataset(&cfg.source, sa.manifest.as_deref(), Some(&cfg.cache_dir))?;
+    info!(
+        files = files.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "dataset listed"
+    );
+    let visible = AlwaysVisible::new(&sa.always_visible)?;
+    let budget = if has_disk {
+        cfg.disk_bytes
+    } else {
+        cfg.ram_bytes
+    };
+    let sizing = sizing_for(sa, budget)?;
+    let plan = make_plan(
+        files,
+        &visible,
+        cfg.shard.as_ref(),
+        sa.seed,
+        sizing.as_ref(),
+    );
+    let line = summary(&plan, cfg.shard.as_ref(), sizing.as_ref());
+    if plan.cut {
+        warn!("{line}");
+    } else {
+        info!("{line}");
+    }
+    if let Some(id) = &cfg.shard {
+        stats.shard_index.store(id.index, Relaxed);
+        stats.shard_count.store(id.count, Relaxed);
+    } else {
+        stats.shard_count.store(1, Relaxed);
+    }
+    stats.shard_files.store(plan.files.len() as u64, Relaxed);
+    stats.shard_bytes.store(plan.shard_bytes, Relaxed);
+
+    let cached: Vec<CachedFile> = plan
+        .files
+        .iter()
+        .map(|f| cache.file_of(f.path.clone(), f.size, f.mtime_ns))
+        .collect();
+    if cfg.pin == PinPolicy::Set {
+        cache.set_pinned_files(&cached);
+    } else if cfg.pin == PinPolicy::All {
+        cache.repin_all();
+    }
+    let view = cfg.shard.as_ref().map(|_| ShardView {
+        members: plan
+            .files
+            .iter()
+            .chain(plan.always_visible.iter())
+            .map(|f| f.path.clone())
+            .collect(),
+        restrict: sa.shard_view == crate::cli::ShardView::Restrict,
+    });
+    Ok(ShardSetup {
+        view,
+        paths: Arc::new(plan.files.iter().map(|f| f.path.clone()).collect()),
+        prefetch: if cfg.prefetch { cached } else { Vec::new() },
+    })
 }
 
 /// Detaches a mount left dead by a killed daemon ("Transport endpoint is not connected").

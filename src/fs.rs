@@ -28,8 +28,12 @@ pub const CONTROL_DIR: &str = ".bicache";
 const CONTROL_DIR_INO: u64 = 2;
 const STATS_JSON_INO: u64 = 3;
 const STATS_TXT_INO: u64 = 4;
-const CONTROL_FILES: &[(&str, u64)] =
-    &[("stats.json", STATS_JSON_INO), ("stats.txt", STATS_TXT_INO)];
+const SHARD_TXT_INO: u64 = 5;
+const CONTROL_FILES: &[(&str, u64)] = &[
+    ("stats.json", STATS_JSON_INO),
+    ("stats.txt", STATS_TXT_INO),
+    ("shard.txt", SHARD_TXT_INO),
+];
 
 enum Handle {
     File {
@@ -52,6 +56,10 @@ pub struct BicacheFs {
     mounted_at: SystemTime,
     uid: u32,
     gid: u32,
+    /// This shard's relative paths (for `.bicache/shard.txt`), in plan order.
+    shard_paths: Arc<Vec<std::path::PathBuf>>,
+    /// `--shard-strict`: opening another shard's file fails with EACCES.
+    shard_strict: bool,
 }
 
 fn errno(e: &io::Error) -> Errno {
@@ -94,7 +102,13 @@ fn fuse_attr(a: &Attr) -> FileAttr {
 const CONTROL_TTL: Duration = Duration::from_secs(1);
 
 impl BicacheFs {
-    pub fn new(tree: Tree, cache: Arc<ChunkCache>, stats: Arc<Stats>) -> BicacheFs {
+    pub fn new(
+        tree: Tree,
+        cache: Arc<ChunkCache>,
+        stats: Arc<Stats>,
+        shard_paths: Arc<Vec<std::path::PathBuf>>,
+        shard_strict: bool,
+    ) -> BicacheFs {
         BicacheFs {
             tree,
             cache,
@@ -105,6 +119,8 @@ impl BicacheFs {
             mounted_at: SystemTime::now(),
             uid: unsafe { libc::geteuid() },
             gid: unsafe { libc::getegid() },
+            shard_paths,
+            shard_strict,
         }
     }
 
@@ -134,7 +150,7 @@ impl BicacheFs {
     }
 
     fn is_control(ino: u64) -> bool {
-        (CONTROL_DIR_INO..=STATS_TXT_INO).contains(&ino)
+        (CONTROL_DIR_INO..=SHARD_TXT_INO).contains(&ino)
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
@@ -151,6 +167,14 @@ impl BicacheFs {
         let chunk = self.cache.chunk_size();
         match ino {
             STATS_JSON_INO => self.stats.to_json(std::process::id(), chunk).into_bytes(),
+            SHARD_TXT_INO => {
+                let mut out = Vec::new();
+                for p in self.shard_paths.iter() {
+                    out.extend_from_slice(p.as_os_str().as_encoded_bytes());
+                    out.push(b'\n');
+                }
+                out
+            }
             _ => self.stats.to_text(chunk).into_bytes(),
         }
     }
@@ -248,6 +272,12 @@ impl Filesystem for BicacheFs {
             Ok(v) => v,
             Err(e) => return reply.error(errno(&e)),
         };
+        if self.tree.in_shard(ino.0) == Some(false) {
+            self.stats.out_of_shard_opens.fetch_add(1, Relaxed);
+            if self.shard_strict {
+                return reply.error(Errno::EACCES);
+            }
+        }
         let id = (version.size, version.mtime_ns);
         let unchanged = self.opened_versions.lock().insert(ino.0, id) == Some(id);
         let file = self.cache.file(version);
@@ -327,7 +357,7 @@ impl Filesystem for BicacheFs {
                     .collect(),
             )
         } else {
-            match self.tree.list(ino.0) {
+            match self.tree.list_visible(ino.0) {
                 Ok(l) => l,
                 Err(e) => return reply.error(errno(&e)),
             }
@@ -457,11 +487,11 @@ impl Filesystem for BicacheFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.tree.statfs() {
             Ok(s) => reply.statfs(
-                s.blocks() as u64,
-                s.blocks_free() as u64,
-                s.blocks_available() as u64,
-                s.files() as u64,
-                s.files_free() as u64,
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
                 s.block_size() as u32,
                 s.name_max() as u32,
                 s.fragment_size() as u32,

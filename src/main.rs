@@ -1,11 +1,13 @@
 //! bicache: a read-only FUSE overlay caching a slow dataset directory in RAM and on local SSD.
 
+mod buf;
 mod cache;
 mod cli;
 mod config;
 mod control;
 mod daemon;
 mod fs;
+mod prefetch;
 mod shard;
 mod size;
 mod source;

@@ -10,12 +10,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
 
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use crate::buf::Buf;
 use crate::stats::Stats;
 
 /// How many source files stay open between reads (bounded, far below the fd limit).
@@ -29,15 +30,25 @@ pub struct FileVersion {
     pub mtime_ns: i128,
 }
 
+/// An open source file: opened once however many threads want it at the same moment.
+/// A failed open is kept as its errno (io::Error is not Clone) and not reused.
+type OpenSlot = Arc<OnceLock<Result<OpenFile, i32>>>;
+
+struct OpenFile {
+    file: File,
+    /// Whether the file, as opened, is the expected version (size and mtime).
+    matches: bool,
+}
+
 pub struct Source {
     root: PathBuf,
-    open_files: Mutex<LruCache<FileVersion, Arc<File>>>,
+    open_files: Mutex<LruCache<FileVersion, OpenSlot>>,
     stats: Arc<Stats>,
 }
 
-/// A chunk as read from the source, and whether the file still matched the expected version.
+/// A chunk as read from the source, and whether the file matched the expected version.
 pub struct Fetched {
-    pub data: Vec<u8>,
+    pub data: Buf,
     pub version_matches: bool,
 }
 
@@ -102,17 +113,26 @@ impl Source {
     /// Reads `len` bytes at `offset` of `file` (fewer only at end of file), then tells the
     /// kernel to drop those source pages: the cache holds them now, twice would waste RAM.
     pub fn read_chunk(&self, file: &FileVersion, offset: u64, len: usize) -> io::Result<Fetched> {
-        let handle = self.open(file)?;
-        let mut data = vec![0u8; len];
+        let slot = self.open(file);
+        let handle = match slot.get() {
+            Some(Ok(h)) => h,
+            Some(Err(code)) => {
+                // Don't remember failures: the next read asks the source again.
+                self.forget(file, &slot);
+                return Err(errno(*code));
+            }
+            None => unreachable!("open() initialises the slot"),
+        };
+        let mut data = Buf::zeroed(len);
         let mut done = 0;
         while done < len {
-            match handle.read_at(&mut data[done..], offset + done as u64) {
+            match handle.file.read_at(&mut data[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // A descriptor that went bad (e.g. a stale NFS handle) must not be reused.
-                    self.open_files.lock().pop(file);
+                    self.forget(file, &slot);
                     return Err(e);
                 }
             }
@@ -122,36 +142,56 @@ impl Source {
         self.stats.source_bytes.fetch_add(done as u64, Relaxed);
         unsafe {
             libc::posix_fadvise(
-                handle.as_raw_fd(),
+                handle.file.as_raw_fd(),
                 offset as libc::off_t,
                 len as libc::off_t,
                 libc::POSIX_FADV_DONTNEED,
             );
         }
-        let now = handle.metadata()?;
-        let version_matches = now.len() == file.size && mtime_ns(&now) == file.mtime_ns;
-        if !version_matches {
-            self.open_files.lock().pop(file);
-        }
         Ok(Fetched {
             data,
-            version_matches,
+            version_matches: handle.matches,
         })
     }
 
-    fn open(&self, file: &FileVersion) -> io::Result<Arc<File>> {
-        if let Some(f) = self.open_files.lock().get(file) {
-            return Ok(f.clone());
+    fn forget(&self, file: &FileVersion, slot: &OpenSlot) {
+        let mut open = self.open_files.lock();
+        if open.peek(file).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            open.pop(file);
         }
-        self.stats.source_meta_ops.fetch_add(1, Relaxed);
-        let f = Arc::new(
-            fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
-                .open(self.full(&file.path))?,
-        );
-        self.open_files.lock().put(file.clone(), f.clone());
-        Ok(f)
+    }
+
+    /// The open descriptor for a file version, opening it (once) if needed. The version is
+    /// checked with one fstat at open, not at every read: a file rewritten in place while
+    /// open is caught at the next open, after the metadata TTL.
+    fn open(&self, file: &FileVersion) -> OpenSlot {
+        let slot = {
+            let mut open = self.open_files.lock();
+            match open.get(file) {
+                Some(s) => s.clone(),
+                None => {
+                    let s: OpenSlot = Arc::new(OnceLock::new());
+                    open.put(file.clone(), s.clone());
+                    s
+                }
+            }
+        };
+        slot.get_or_init(|| {
+            self.stats.source_meta_ops.fetch_add(2, Relaxed);
+            let open = || -> io::Result<OpenFile> {
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+                    .open(self.full(&file.path))?;
+                let meta = f.metadata()?;
+                Ok(OpenFile {
+                    matches: meta.len() == file.size && mtime_ns(&meta) == file.mtime_ns,
+                    file: f,
+                })
+            };
+            open().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+        });
+        slot
     }
 }
 

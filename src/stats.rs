@@ -25,6 +25,7 @@ pub struct Stats {
     /// Chunks not written to the SSD tier because the write-back queue was full.
     pub disk_writes_dropped: AtomicU64,
     pub disk_evictions: AtomicU64,
+    pub disk_pinned_bytes: AtomicU64,
     pub source_reads: AtomicU64,
     pub source_bytes: AtomicU64,
     /// lstat/readdir/readlink/open calls on the source.
@@ -34,6 +35,38 @@ pub struct Stats {
     pub prefetch_files_done: AtomicU64,
     pub prefetch_files_total: AtomicU64,
     pub prefetch_bytes: AtomicU64,
+    pub prefetch_bytes_total: AtomicU64,
+    pub prefetch_errors: AtomicU64,
+    pub prefetch_started_ms: AtomicU64,
+    pub prefetch_finished_ms: AtomicU64,
+    prefetch_state: AtomicU64,
+    pub shard_index: AtomicU64,
+    pub shard_count: AtomicU64,
+    pub shard_files: AtomicU64,
+    pub shard_bytes: AtomicU64,
+    /// Opens of files outside this mount's shard (served, or refused under --shard-strict).
+    pub out_of_shard_opens: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefetchState {
+    Off = 0,
+    Running = 1,
+    /// Every file of the shard is cached.
+    Done = 2,
+    /// Stopped early: the pinned area of the cache is full.
+    Full = 3,
+}
+
+impl PrefetchState {
+    pub fn name(self) -> &'static str {
+        match self {
+            PrefetchState::Off => "off",
+            PrefetchState::Running => "running",
+            PrefetchState::Done => "done",
+            PrefetchState::Full => "full",
+        }
+    }
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -41,17 +74,59 @@ fn get(c: &AtomicU64) -> u64 {
 }
 
 impl Stats {
+    pub fn set_prefetch_state(&self, s: PrefetchState) {
+        self.prefetch_state.store(s as u64, Relaxed);
+    }
+
+    pub fn prefetch_state(&self) -> PrefetchState {
+        match self.prefetch_state.load(Relaxed) {
+            1 => PrefetchState::Running,
+            2 => PrefetchState::Done,
+            3 => PrefetchState::Full,
+            _ => PrefetchState::Off,
+        }
+    }
+
+    /// (bytes per second, seconds left) of the prefetch so far.
+    fn prefetch_rate(&self) -> (u64, u64) {
+        let started = get(&self.prefetch_started_ms);
+        if started == 0 {
+            return (0, 0);
+        }
+        let end = match get(&self.prefetch_finished_ms) {
+            0 => crate::prefetch::now_ms(),
+            t => t,
+        };
+        let secs = (end.saturating_sub(started) as f64 / 1000.0).max(0.001);
+        let done = get(&self.prefetch_bytes);
+        let rate = done as f64 / secs;
+        let left = get(&self.prefetch_bytes_total).saturating_sub(done);
+        let eta = if self.prefetch_state() != PrefetchState::Running {
+            0
+        } else if rate > 0.0 {
+            (left as f64 / rate).ceil() as u64
+        } else {
+            u64::MAX
+        };
+        (rate as u64, eta)
+    }
+
     pub fn to_json(&self, pid: u32, chunk_size: u64) -> String {
+        let (rate, eta) = self.prefetch_rate();
         let mut s = String::with_capacity(1024);
-        let _ = write!(
+        let _ = writeln!(
             s,
             "{{\"pid\":{pid},\"chunk_size\":{chunk_size},\
              \"ram\":{{\"hits\":{},\"misses\":{},\"bytes\":{},\"capacity\":{}}},\
              \"disk\":{{\"hits\":{},\"misses\":{},\"bytes\":{},\"capacity\":{},\"corrupt\":{},\
-             \"writes\":{},\"write_errors\":{},\"writes_dropped\":{},\"evictions\":{}}},\
+             \"writes\":{},\"write_errors\":{},\"writes_dropped\":{},\"evictions\":{},\
+             \"pinned_bytes\":{}}},\
              \"source\":{{\"reads\":{},\"bytes\":{},\"meta_ops\":{},\"errors\":{}}},\
              \"readahead\":{{\"chunks\":{}}},\
-             \"prefetch\":{{\"files_done\":{},\"files_total\":{},\"bytes\":{}}}}}\n",
+             \"prefetch\":{{\"state\":\"{}\",\"files_done\":{},\"files_total\":{},\"bytes\":{},\
+             \"bytes_total\":{},\"errors\":{},\"rate_bytes_per_sec\":{},\"eta_secs\":{}}},\
+             \"shard\":{{\"index\":{},\"count\":{},\"files\":{},\"bytes\":{},\
+             \"out_of_shard_opens\":{}}}}}",
             get(&self.ram_hits),
             get(&self.ram_misses),
             get(&self.ram_bytes),
@@ -65,14 +140,25 @@ impl Stats {
             get(&self.disk_write_errors),
             get(&self.disk_writes_dropped),
             get(&self.disk_evictions),
+            get(&self.disk_pinned_bytes),
             get(&self.source_reads),
             get(&self.source_bytes),
             get(&self.source_meta_ops),
             get(&self.source_errors),
             get(&self.readahead_chunks),
+            self.prefetch_state().name(),
             get(&self.prefetch_files_done),
             get(&self.prefetch_files_total),
             get(&self.prefetch_bytes),
+            get(&self.prefetch_bytes_total),
+            get(&self.prefetch_errors),
+            rate,
+            eta,
+            get(&self.shard_index),
+            get(&self.shard_count),
+            get(&self.shard_files),
+            get(&self.shard_bytes),
+            get(&self.out_of_shard_opens),
         );
         s
     }
@@ -87,12 +173,14 @@ impl Stats {
         };
         let (rh, rm) = (get(&self.ram_hits), get(&self.ram_misses));
         let (dh, dm) = (get(&self.disk_hits), get(&self.disk_misses));
+        let (pf_rate, eta) = self.prefetch_rate();
         format!(
             "chunk size  {}\n\
              ram         {} / {} held, {rh} hits, {rm} misses (hit rate {})\n\
              disk        {} / {} held, {dh} hits, {dm} misses (hit rate {}), {} corrupt, {} write errors\n\
              source      {} reads, {} pulled, {} metadata ops, {} errors\n\
-             prefetch    {} / {} files, {}\n",
+             prefetch    {}: {} / {} files, {} / {}, {}/s, ETA {}\n\
+             shard       {} of {}: {} files, {}, {} out-of-shard opens\n",
             human(chunk_size),
             human(get(&self.ram_bytes)),
             human(get(&self.ram_capacity)),
@@ -106,9 +194,22 @@ impl Stats {
             human(get(&self.source_bytes)),
             get(&self.source_meta_ops),
             get(&self.source_errors),
+            self.prefetch_state().name(),
             get(&self.prefetch_files_done),
             get(&self.prefetch_files_total),
             human(get(&self.prefetch_bytes)),
+            human(get(&self.prefetch_bytes_total)),
+            human(pf_rate),
+            if eta == u64::MAX {
+                "-".to_string()
+            } else {
+                format!("{eta} s")
+            },
+            get(&self.shard_index),
+            get(&self.shard_count),
+            get(&self.shard_files),
+            human(get(&self.shard_bytes)),
+            get(&self.out_of_shard_opens),
         )
     }
 }

@@ -4,7 +4,7 @@
 //! Inode numbers are handed out on first sight of a path and never reused while mounted,
 //! so they stay stable for as long as the kernel may remember them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
 use std::io;
@@ -75,6 +75,16 @@ pub struct Tree {
     nodes: RwLock<Nodes>,
     /// None: trust cached metadata forever.
     ttl: Option<Duration>,
+    view: Option<ShardView>,
+}
+
+/// A sharded mount's view of the dataset.
+pub struct ShardView {
+    /// Relative paths of this shard's files and of the always-visible ones.
+    pub members: HashSet<PathBuf>,
+    /// Hide other shards' files from directory listings. Directories always stay
+    /// visible: an ImageFolder-style class scan must find the same classes on every rank.
+    pub restrict: bool,
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -124,7 +134,7 @@ fn attr_from(ino: u64, meta: &Metadata) -> Attr {
 }
 
 impl Tree {
-    pub fn new(source: Arc<Source>, ttl: Option<Duration>) -> Tree {
+    pub fn new(source: Arc<Source>, ttl: Option<Duration>, view: Option<ShardView>) -> Tree {
         let mut by_ino = HashMap::new();
         let mut by_path = HashMap::new();
         by_ino.insert(
@@ -144,7 +154,33 @@ impl Tree {
                 next_ino: FIRST_DATA_INO,
             }),
             ttl,
+            view,
         }
+    }
+
+    /// Whether a path belongs to this mount's shard (None: the mount is not sharded).
+    pub fn in_shard(&self, ino: u64) -> Option<bool> {
+        let view = self.view.as_ref()?;
+        let path = self.path_of(ino)?;
+        Some(view.members.contains(&path))
+    }
+
+    /// A directory's entries as readdir shows them: under `--shard-view restrict`,
+    /// regular files of other shards are left out (they still open by name).
+    pub fn list_visible(&self, ino: u64) -> io::Result<Arc<Vec<DirEntry>>> {
+        let all = self.list(ino)?;
+        let Some(view) = self.view.as_ref().filter(|v| v.restrict) else {
+            return Ok(all);
+        };
+        let Some(dir) = self.path_of(ino) else {
+            return Ok(all);
+        };
+        Ok(Arc::new(
+            all.iter()
+                .filter(|e| e.kind != Kind::File || view.members.contains(&dir.join(&e.name)))
+                .cloned()
+                .collect(),
+        ))
     }
 
     fn fresh(&self, at: Instant) -> bool {

@@ -28,12 +28,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use lru::LruCache;
 use parking_lot::Mutex;
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::ChunkKey;
+use super::lru::PinLru;
+use crate::buf::Buf;
 use crate::stats::Stats;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -102,10 +103,16 @@ fn parse_file_name(name: &OsStr) -> Option<(ChunkKey, usize)> {
 }
 
 struct Index {
-    /// Key -> bytes the chunk's file takes (header + data).
-    lru: LruCache<ChunkKey, u64>,
-    /// Bytes of indexed files plus space reserved by writes under way.
-    used: u64,
+    /// Chunks on disk; the cost of each is the bytes its file takes (header + data).
+    lru: PinLru<ChunkKey, ()>,
+    /// Space reserved by writes under way (not yet in `lru`).
+    reserved: u64,
+}
+
+impl Index {
+    fn used(&self) -> u64 {
+        self.lru.bytes() + self.reserved
+    }
 }
 
 /// Why the SSD tier could not be opened.
@@ -132,7 +139,13 @@ pub struct DiskTier {
 
 impl DiskTier {
     /// Opens (or creates) the SSD tier in `dir`, taking its lock and rebuilding the index.
-    pub fn open(dir: &Path, capacity: u64, stats: Arc<Stats>) -> Result<DiskTier, OpenError> {
+    /// `pinned_capacity`: how much of the budget pinned chunks may take (0 = no pinning).
+    pub fn open(
+        dir: &Path,
+        capacity: u64,
+        pinned_capacity: u64,
+        stats: Arc<Stats>,
+    ) -> Result<DiskTier, OpenError> {
         let lock = lock_cache_dir(dir)?;
         let chunks = dir.join(CHUNK_DIR);
         let tmp = dir.join(TMP_DIR);
@@ -157,8 +170,8 @@ impl DiskTier {
             tmp,
             capacity,
             index: Mutex::new(Index {
-                lru: LruCache::unbounded(),
-                used: 0,
+                lru: PinLru::new(capacity, pinned_capacity),
+                reserved: 0,
             }),
             stats,
             tmp_seq: AtomicU64::new(0),
@@ -200,14 +213,13 @@ impl DiskTier {
             let mut idx = self.index.lock();
             for (key, len) in found {
                 let size = (HEADER_LEN + len) as u64;
-                if idx.used + size > self.capacity {
+                if idx.used() + size > self.capacity {
                     over.push((key, len));
                     continue;
                 }
-                idx.used += size;
-                idx.lru.put(key, size);
+                idx.lru.insert_unchecked(key, (), size, false);
             }
-            self.stats.disk_bytes.store(idx.used, Relaxed);
+            self.stats.disk_bytes.store(idx.used(), Relaxed);
         }
         for (key, len) in &over {
             let _ = fs::remove_file(self.path_of(key, *len));
@@ -215,19 +227,35 @@ impl DiskTier {
         let idx = self.index.lock();
         info!(
             chunks = idx.lru.len(),
-            bytes = idx.used,
+            bytes = idx.used(),
             evicted_over_budget = over.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "SSD tier index rebuilt"
         );
     }
 
+    pub fn contains(&self, key: &ChunkKey) -> bool {
+        self.index.lock().lru.contains(key)
+    }
+
+    /// Bytes the pinned area may still take.
+    pub fn pinned_room(&self) -> u64 {
+        let idx = self.index.lock();
+        idx.lru.pinned_capacity() - idx.lru.pinned_bytes()
+    }
+
+    /// Pins chunks already on disk (found at mount) whose file is in the pinned set.
+    pub fn repin(&self, should_pin: impl Fn(&ChunkKey) -> bool) -> u64 {
+        let moved = self.index.lock().lru.repin(should_pin);
+        self.stats.disk_pinned_bytes.fetch_add(moved, Relaxed);
+        moved
+    }
+
     /// Reads and verifies a chunk of `len` bytes. Anything wrong with the file drops it
     /// from the tier (counted as corrupt) and reports a miss.
-    pub fn get(&self, key: &ChunkKey, len: usize) -> Option<Vec<u8>> {
-        if self.index.lock().lru.get(key).is_none() {
-            return None;
-        }
+    pub fn get(&self, key: &ChunkKey, len: usize) -> Option<Buf> {
+        // Marks the chunk recently used; a key not in the index is a plain miss.
+        self.index.lock().lru.get(key)?;
         let path = self.path_of(key, len);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -241,7 +269,7 @@ impl DiskTier {
             }
         };
         let mut header = [0u8; HEADER_LEN];
-        let mut data = vec![0u8; len];
+        let mut data = Buf::zeroed(len);
         let mut extra = [0u8; 1];
         match preadv_exact(&file, &mut [&mut header, &mut data, &mut extra]) {
             Ok(n) if n == HEADER_LEN + len => match verify(&header, key, &data) {
@@ -269,9 +297,11 @@ impl DiskTier {
     fn forget(&self, key: &ChunkKey, len: usize, corrupt: bool) {
         {
             let mut idx = self.index.lock();
-            if let Some(size) = idx.lru.pop(key) {
-                idx.used -= size;
-                self.stats.disk_bytes.store(idx.used, Relaxed);
+            if idx.lru.remove(key).is_some() {
+                self.stats.disk_bytes.store(idx.used(), Relaxed);
+                self.stats
+                    .disk_pinned_bytes
+                    .store(idx.lru.pinned_bytes(), Relaxed);
             }
         }
         if corrupt {
@@ -281,50 +311,46 @@ impl DiskTier {
     }
 
     /// Stores a chunk (called from the write-back thread, never on a reader's path).
-    /// Space is reserved first, evicting least-recently-used chunks, so the bytes under the
-    /// cache dir never exceed the budget by more than the writes under way.
-    pub fn put(&self, key: &ChunkKey, data: &[u8]) {
+    /// Space is reserved first, evicting least-recently-used unpinned chunks, so the bytes
+    /// under the cache dir never exceed the budget by more than the writes under way.
+    pub fn put(&self, key: &ChunkKey, data: &[u8], pin: bool) {
         let size = (HEADER_LEN + data.len()) as u64;
-        if size > self.capacity {
-            return;
-        }
         let mut victims = Vec::new();
         {
             let mut idx = self.index.lock();
             if idx.lru.contains(key) {
                 return;
             }
-            while idx.used + size > self.capacity {
-                let Some((k, s)) = idx.lru.pop_lru() else {
-                    break;
-                };
-                idx.used -= s;
-                victims.push((k, s as usize - HEADER_LEN));
-            }
-            if idx.used + size > self.capacity {
-                // Everything left is reserved by other writes under way.
+            let reserved = idx.reserved;
+            if !idx.lru.make_room(size + reserved, &mut victims) {
+                // Everything left is pinned or reserved by writes under way.
+                drop(idx);
+                self.unlink_victims(victims);
                 return;
             }
-            idx.used += size;
-            self.stats.disk_bytes.store(idx.used, Relaxed);
+            idx.reserved += size;
+            self.stats.disk_bytes.store(idx.used(), Relaxed);
         }
-        for (k, len) in &victims {
-            let _ = fs::remove_file(self.path_of(k, *len));
-            self.stats.disk_evictions.fetch_add(1, Relaxed);
-        }
-        match self.write_file(key, data) {
+        self.unlink_victims(victims);
+        let result = self.write_file(key, data);
+        let mut idx = self.index.lock();
+        idx.reserved -= size;
+        match result {
             Ok(()) => {
-                let mut idx = self.index.lock();
-                idx.lru.put(*key, size);
+                idx.lru.insert_unchecked(*key, (), size, pin);
+                self.stats.disk_bytes.store(idx.used(), Relaxed);
+                self.stats
+                    .disk_pinned_bytes
+                    .store(idx.lru.pinned_bytes(), Relaxed);
+                drop(idx);
                 self.stats.disk_writes.fetch_add(1, Relaxed);
                 if self.failing.swap(false, Relaxed) {
                     info!("SSD tier writes succeed again");
                 }
             }
             Err(e) => {
-                let mut idx = self.index.lock();
-                idx.used -= size;
-                self.stats.disk_bytes.store(idx.used, Relaxed);
+                self.stats.disk_bytes.store(idx.used(), Relaxed);
+                drop(idx);
                 self.stats.disk_write_errors.fetch_add(1, Relaxed);
                 if !self.failing.swap(true, Relaxed) {
                     warn!(
@@ -333,6 +359,13 @@ impl DiskTier {
                     );
                 }
             }
+        }
+    }
+
+    fn unlink_victims(&self, victims: Vec<(ChunkKey, (), u64)>) {
+        for (k, _, size) in victims {
+            let _ = fs::remove_file(self.path_of(&k, size as usize - HEADER_LEN));
+            self.stats.disk_evictions.fetch_add(1, Relaxed);
         }
     }
 

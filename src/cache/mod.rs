@@ -6,27 +6,30 @@
 //! read path. A sequential reader also gets the next chunks fetched in the background.
 
 pub mod disk;
+mod lru;
 pub mod ram;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{debug, warn};
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::buf::Buf;
 use crate::source::{FileVersion, Source};
 use crate::stats::Stats;
 use disk::DiskTier;
 use ram::RamTier;
 
 /// A chunk's bytes, shared between the RAM tier, waiting readers and the write-back queue.
-pub type Chunk = Arc<Vec<u8>>;
+pub type Chunk = Arc<Buf>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkKey {
@@ -59,12 +62,48 @@ pub struct Stream {
     queued_until: AtomicU64,
 }
 
+/// Which chunks are kept for good (see `lru.rs` for why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinPolicy {
+    /// Plain LRU.
+    Off,
+    /// Any chunk, first come, while the pinned area has room (an unsharded dataset).
+    All,
+    /// Chunks of the files in the pinned set (this shard's files).
+    Set,
+}
+
+/// Share of a tier's budget that pinned chunks may take; the rest stays a plain LRU for
+/// everything else (out-of-shard files, metadata, other jobs' reads).
+const PIN_SHARE: f64 = 0.95;
+
 pub struct CacheConfig {
     pub chunk_size: u64,
     pub ram_bytes: u64,
     pub fetch_threads: usize,
     /// Largest readahead window, in bytes.
     pub max_readahead: u64,
+    pub pin: PinPolicy,
+}
+
+/// Why a chunk is wanted: decides counting, RAM admission and priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A reader waits for it: counted in hit rates.
+    Read,
+    /// Readahead for a sequential reader: it will be read from RAM soon.
+    Readahead,
+    /// Shard prefetch: destined for the SSD tier; kept in RAM only without one.
+    Prefetch,
+}
+
+/// What prefetching one file achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefetchOutcome {
+    /// Every chunk is cached (fetched now or already there).
+    Cached,
+    /// The pinned area is full: prefetch should stop.
+    NoRoom,
 }
 
 /// Write-back queue depth in chunks: bounds memory held by chunks waiting for the SSD.
@@ -73,6 +112,20 @@ const WRITE_QUEUE: usize = 32;
 const READAHEAD_QUEUE: usize = 256;
 const INFLIGHT_SHARDS: usize = 16;
 
+/// A chunk on its way to the SSD tier, and whether it is to be pinned there.
+type WriteJob = (ChunkKey, Chunk, bool);
+
+/// Share of a tier's budget pinned chunks may take under a pinning policy.
+pub fn pinned_share(capacity: u64, policy: PinPolicy) -> u64 {
+    match policy {
+        PinPolicy::Off => 0,
+        _ => (capacity as f64 * PIN_SHARE) as u64,
+    }
+}
+
+/// Chunks being fetched, each with the flight its waiters wait on.
+type FlightMap = HashMap<ChunkKey, Arc<Flight>>;
+
 struct Flight {
     done: Mutex<Option<Result<Chunk, i32>>>,
     cond: Condvar,
@@ -80,15 +133,21 @@ struct Flight {
 
 pub struct ChunkCache {
     chunk_size: u64,
+    pin: PinPolicy,
+    /// File keys whose chunks are pinned under `PinPolicy::Set`.
+    pinned_files: RwLock<HashSet<u128>>,
+    /// Readers currently waiting on the source: prefetch yields to them.
+    readers_fetching: AtomicU64,
     max_window: u64,
     ram: RamTier,
     disk: Option<DiskTier>,
     source: Arc<Source>,
     stats: Arc<Stats>,
-    inflight: Box<[Mutex<HashMap<ChunkKey, Arc<Flight>>>]>,
-    write_tx: Mutex<Option<SyncSender<(ChunkKey, Chunk)>>>,
+    inflight: Box<[Mutex<FlightMap>]>,
+    write_tx: Mutex<Option<SyncSender<WriteJob>>>,
     readahead_tx: Mutex<Option<SyncSender<(CachedFile, u64)>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl ChunkCache {
@@ -98,12 +157,20 @@ impl ChunkCache {
         source: Arc<Source>,
         stats: Arc<Stats>,
     ) -> Arc<ChunkCache> {
-        let (write_tx, write_rx) = sync_channel::<(ChunkKey, Chunk)>(WRITE_QUEUE);
+        let (write_tx, write_rx) = sync_channel::<WriteJob>(WRITE_QUEUE);
         let (ra_tx, ra_rx) = sync_channel::<(CachedFile, u64)>(READAHEAD_QUEUE);
+        let ram_pinned = if cfg.pin != PinPolicy::Off && disk.is_none() {
+            (cfg.ram_bytes as f64 * PIN_SHARE) as u64
+        } else {
+            0
+        };
         let cache = Arc::new(ChunkCache {
             chunk_size: cfg.chunk_size,
+            pin: cfg.pin,
+            pinned_files: RwLock::new(HashSet::new()),
+            readers_fetching: AtomicU64::new(0),
             max_window: (cfg.max_readahead / cfg.chunk_size).max(2),
-            ram: RamTier::new(cfg.ram_bytes, cfg.chunk_size, stats.clone()),
+            ram: RamTier::new(cfg.ram_bytes, ram_pinned, cfg.chunk_size, stats.clone()),
             disk,
             source,
             stats,
@@ -113,6 +180,7 @@ impl ChunkCache {
             write_tx: Mutex::new(Some(write_tx)),
             readahead_tx: Mutex::new(Some(ra_tx)),
             threads: Mutex::new(Vec::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         });
         let mut threads = Vec::new();
         // The writer holds only a weak reference, so dropping the cache ends it.
@@ -136,6 +204,10 @@ impl ChunkCache {
         }
         *cache.threads.lock() = threads;
         cache
+    }
+
+    pub fn has_disk(&self) -> bool {
+        self.disk.is_some()
     }
 
     pub fn chunk_size(&self) -> u64 {
@@ -181,7 +253,7 @@ impl ChunkCache {
         self.advance_stream(file, stream, first, last);
         if first == last {
             // The common case: no copy, the reply is sliced straight out of the chunk.
-            let chunk = self.get_chunk(file, first, true)?;
+            let chunk = self.get_chunk(file, first, Purpose::Read)?;
             let base = first * self.chunk_size;
             let a = (offset - base) as usize;
             let b = ((end - base) as usize).min(chunk.len());
@@ -189,7 +261,7 @@ impl ChunkCache {
         }
         let mut buf = Vec::with_capacity((end - offset) as usize);
         for index in first..=last {
-            let chunk = self.get_chunk(file, index, true)?;
+            let chunk = self.get_chunk(file, index, Purpose::Read)?;
             let base = index * self.chunk_size;
             let a = offset.saturating_sub(base) as usize;
             let b = ((end - base) as usize).min(chunk.len());
@@ -200,9 +272,98 @@ impl ChunkCache {
         Ok(out(&buf))
     }
 
-    /// Returns one chunk from the fastest tier that has it. `count` is false for
-    /// background fetches so that hit rates describe what readers experienced.
-    fn get_chunk(&self, file: &CachedFile, index: u64, count: bool) -> io::Result<Chunk> {
+    /// Whether chunks of this file are to be pinned.
+    fn pinned(&self, file: &CachedFile) -> bool {
+        match self.pin {
+            PinPolicy::Off => false,
+            PinPolicy::All => true,
+            PinPolicy::Set => self.pinned_files.read().contains(&file.key),
+        }
+    }
+
+    /// Declares the files whose chunks are pinned (this shard) and pins what the SSD
+    /// tier already holds of them.
+    pub fn set_pinned_files(&self, files: &[CachedFile]) {
+        let set: HashSet<u128> = files.iter().map(|f| f.key).collect();
+        if let Some(disk) = &self.disk {
+            disk.repin(|k| set.contains(&k.file));
+        }
+        *self.pinned_files.write() = set;
+    }
+
+    /// Re-pins chunks found on disk at mount when every chunk is eligible.
+    pub fn repin_all(&self) {
+        if let Some(disk) = &self.disk {
+            disk.repin(|_| true);
+        }
+    }
+
+    /// Bytes the pinned area of the capacity tier (SSD, else RAM) can still take.
+    pub fn pinned_room(&self) -> u64 {
+        match &self.disk {
+            Some(d) => d.pinned_room(),
+            None => self.ram.pinned_room(),
+        }
+    }
+
+    /// Fetches every chunk of `file` not yet cached, into the SSD tier (RAM without one),
+    /// pinned. Yields to readers waiting on the source, so prefetch never delays them long.
+    pub fn prefetch_file(&self, planned: &CachedFile) -> io::Result<PrefetchOutcome> {
+        // The plan may come from a cached walk: fetch the version the source has now, and
+        // pin that one, so readers (who see fresh attributes) hit what was prefetched.
+        let meta = self.source.lstat(&planned.version.path)?;
+        if !meta.is_file() {
+            return Ok(PrefetchOutcome::Cached);
+        }
+        let fresh = self.file(FileVersion {
+            path: planned.version.path.clone(),
+            size: meta.len(),
+            mtime_ns: crate::source::mtime_ns(&meta),
+        });
+        if fresh.key != planned.key && self.pin == PinPolicy::Set {
+            self.pinned_files.write().insert(fresh.key);
+        }
+        let file = &fresh;
+        let chunks = file.version.size.div_ceil(self.chunk_size);
+        let per_chunk = disk::HEADER_LEN as u64 + ram::CHUNK_OVERHEAD;
+        if file.version.size + chunks * per_chunk > self.pinned_room() {
+            return Ok(PrefetchOutcome::NoRoom);
+        }
+        for index in 0..chunks {
+            let key = ChunkKey {
+                file: file.key,
+                index,
+            };
+            let cached = match &self.disk {
+                Some(d) => d.contains(&key),
+                None => self.ram.contains(&key),
+            };
+            if cached {
+                continue;
+            }
+            for _ in 0..50 {
+                if self.readers_fetching.load(Relaxed) == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            self.get_chunk(file, index, Purpose::Prefetch)?;
+        }
+        Ok(PrefetchOutcome::Cached)
+    }
+
+    /// Opens a file version for the cache (see `file`), by its parts.
+    pub fn file_of(&self, path: PathBuf, size: u64, mtime_ns: i128) -> CachedFile {
+        self.file(FileVersion {
+            path,
+            size,
+            mtime_ns,
+        })
+    }
+
+    /// Returns one chunk from the fastest tier that has it.
+    fn get_chunk(&self, file: &CachedFile, index: u64, purpose: Purpose) -> io::Result<Chunk> {
+        let count = purpose == Purpose::Read;
         let key = ChunkKey {
             file: file.key,
             index,
@@ -238,10 +399,20 @@ impl ChunkCache {
             }
             return done.clone().unwrap().map_err(io::Error::from_raw_os_error);
         }
-        let result = self.fetch_below_ram(file, key);
+        if count {
+            self.readers_fetching.fetch_add(1, Relaxed);
+        }
+        let pin = self.pinned(file);
+        let result = self.fetch_below_ram(file, key, pin);
+        if count {
+            self.readers_fetching.fetch_sub(1, Relaxed);
+        }
         // Publish to RAM before leaving the flight, so a reader arriving now finds it.
-        if let Ok((c, true)) = &result {
-            self.ram.insert(key, c.clone());
+        // Prefetched chunks go to the SSD tier only: they must not push readers' data out.
+        if let Ok((c, true)) = &result
+            && (purpose != Purpose::Prefetch || self.disk.is_none())
+        {
+            self.ram.insert(key, c.clone(), pin && self.disk.is_none());
         }
         let result = result.map(|(c, _)| c);
         shard.lock().remove(&key);
@@ -257,13 +428,18 @@ impl ChunkCache {
 
     /// SSD tier, then the source. Run by exactly one thread per missing chunk.
     /// The flag says whether the chunk may be cached (it is of the expected version).
-    fn fetch_below_ram(&self, file: &CachedFile, key: ChunkKey) -> io::Result<(Chunk, bool)> {
+    fn fetch_below_ram(
+        &self,
+        file: &CachedFile,
+        key: ChunkKey,
+        pin: bool,
+    ) -> io::Result<(Chunk, bool)> {
         let len = self.chunk_len(file, key.index);
-        if let Some(disk) = &self.disk {
-            if let Some(data) = disk.get(&key, len) {
-                self.stats.disk_hits.fetch_add(1, Relaxed);
-                return Ok((Arc::new(data), true));
-            }
+        if let Some(disk) = &self.disk
+            && let Some(data) = disk.get(&key, len)
+        {
+            self.stats.disk_hits.fetch_add(1, Relaxed);
+            return Ok((Arc::new(data), true));
         }
         self.stats.disk_misses.fetch_add(1, Relaxed);
         let fetched = self
@@ -286,16 +462,16 @@ impl ChunkCache {
         }
         let chunk = Arc::new(data);
         if self.disk.is_some() {
-            self.queue_write(key, chunk.clone());
+            self.queue_write((key, chunk.clone(), pin));
         }
         Ok((chunk, true))
     }
 
-    fn queue_write(&self, key: ChunkKey, chunk: Chunk) {
+    fn queue_write(&self, job: WriteJob) {
         let tx = self.write_tx.lock().clone();
         if let Some(tx) = tx {
             // Blocking when full is the back-pressure that bounds the queue's memory.
-            if tx.send((key, chunk)).is_err() {
+            if tx.send(job).is_err() {
                 self.stats.disk_writes_dropped.fetch_add(1, Relaxed);
             }
         }
@@ -342,8 +518,13 @@ impl ChunkCache {
         }
     }
 
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Relaxed)
+    }
+
     /// Stops background work and waits until every queued chunk reached the SSD tier.
     pub fn shutdown(&self) {
+        self.shutting_down.store(true, Relaxed);
         self.readahead_tx.lock().take();
         self.write_tx.lock().take();
         let threads = std::mem::take(&mut *self.threads.lock());
@@ -353,11 +534,11 @@ impl ChunkCache {
     }
 }
 
-fn write_back_loop(cache: Weak<ChunkCache>, rx: Receiver<(ChunkKey, Chunk)>) {
-    while let Ok((key, chunk)) = rx.recv() {
+fn write_back_loop(cache: Weak<ChunkCache>, rx: Receiver<WriteJob>) {
+    while let Ok((key, chunk, pin)) = rx.recv() {
         let Some(cache) = cache.upgrade() else { return };
         if let Some(disk) = &cache.disk {
-            disk.put(&key, &chunk);
+            disk.put(&key, &chunk, pin);
         }
     }
 }
@@ -367,7 +548,7 @@ fn readahead_loop(cache: Weak<ChunkCache>, rx: Arc<Mutex<Receiver<(CachedFile, u
         let job = rx.lock().recv();
         let Ok((file, index)) = job else { return };
         let Some(cache) = cache.upgrade() else { return };
-        if let Err(e) = cache.get_chunk(&file, index, false) {
+        if let Err(e) = cache.get_chunk(&file, index, Purpose::Readahead) {
             debug!(path = %file.version.path.display(), index, "readahead failed: {e}");
         }
     }
