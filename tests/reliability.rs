@@ -557,3 +557,66 @@ fn sixteen_readers_over_a_dataset_larger_than_the_cache() {
         "cache dir over budget"
     );
 }
+
+/// `--allow-other` lets other users in, and the kernel then enforces the source's permission
+/// bits: nobody reads through the cache what they could not read at the source. Without it,
+/// other users are refused outright.
+#[test]
+fn allow_other_enforces_source_permissions() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let public = s.file("public.bin", 10_000, 1);
+    s.file("private.bin", 10_000, 2);
+    fs::set_permissions(s.src.join("private.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    // Let `nobody` reach the mountpoint (temp dirs are created 0700).
+    for dir in [&s.base, &s.src] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let as_nobody = |path: &Path| {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--", "cat"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+
+    let m = s.mount(&["--allow-other", "--disk", "16MiB"]);
+    fs::set_permissions(m.mountpoint.parent().unwrap(), fs::Permissions::from_mode(0o755))
+        .unwrap();
+    let out = as_nobody(&m.path("public.bin"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_bytes_eq(&out.stdout, &public, "public.bin as nobody");
+    let out = as_nobody(&m.path("private.bin"));
+    assert!(!out.status.success(), "nobody read a 0600 root file through the cache");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    // Root still reads it (as at the source).
+    assert!(fs::read(m.path("private.bin")).is_ok());
+    drop(m);
+
+    let m = s.mount(&["--disk", "16MiB"]);
+    fs::set_permissions(m.mountpoint.parent().unwrap(), fs::Permissions::from_mode(0o755))
+        .unwrap();
+    let out = as_nobody(&m.path("public.bin"));
+    assert!(!out.status.success(), "without --allow-other only the owner may use the mount");
+}
+
+#[test]
+fn cache_dir_and_files_are_private() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let data = s.file("a.bin", 300_000, 1);
+    {
+        let m = s.mount(&["--chunk-size", "64KiB", "--disk", "16MiB"]);
+        assert_bytes_eq(&fs::read(m.path("a.bin")).unwrap(), &data, "a.bin");
+    }
+    assert_eq!(mode_of(&s.cache) & 0o777, 0o700);
+    let chunks = chunk_files(&s.cache);
+    assert!(!chunks.is_empty());
+    for c in chunks {
+        assert_eq!(mode_of(&c) & 0o077, 0, "{} readable by others", c.display());
+    }
+}

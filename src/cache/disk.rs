@@ -548,4 +548,54 @@ mod tests {
             assert_eq!(parse_file_name(OsStr::new(bad)), None, "{bad}");
         }
     }
+
+    /// Property: arbitrary bytes as header and data never panic the verifier, and a valid
+    /// chunk with any single byte changed (header or data) is always rejected.
+    #[test]
+    fn verify_is_total_and_catches_every_single_byte_change() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let key = ChunkKey { file: 77, index: 5 };
+        for _ in 0..20_000 {
+            let hl = (next() % 80) as usize;
+            let dl = (next() % 64) as usize;
+            let header: Vec<u8> = (0..hl).map(|_| next() as u8).collect();
+            let data: Vec<u8> = (0..dl).map(|_| next() as u8).collect();
+            assert!(verify(&header, &key, &data).is_err());
+        }
+        let data: Vec<u8> = (0..4096).map(|_| next() as u8).collect();
+        let header = encode_header(&key, &data);
+        for _ in 0..5_000 {
+            let mut h = header;
+            let mut d = data.clone();
+            let pos = (next() % (HEADER_LEN + d.len()) as u64) as usize;
+            let flip = (next() % 255 + 1) as u8;
+            if pos < HEADER_LEN {
+                h[pos] ^= flip;
+            } else {
+                d[pos - HEADER_LEN] ^= flip;
+            }
+            assert!(verify(&h, &key, &d).is_err(), "change at {pos} accepted");
+        }
+    }
+
+    /// Property: no file name, however odd, panics the index rebuild's parser.
+    #[test]
+    fn file_name_parser_is_total() {
+        let alphabet: Vec<char> = "0123456789abcdefABCDEF-xz_.\u{e9}".chars().collect();
+        let mut state = 99u64;
+        for _ in 0..50_000 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let len = (state >> 58) as usize + 30;
+            let name: String = (0..len)
+                .map(|i| alphabet[((state >> (i % 50)) as usize + i) % alphabet.len()])
+                .collect();
+            let _ = parse_file_name(OsStr::new(&name));
+        }
+    }
 }
