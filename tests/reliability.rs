@@ -282,15 +282,13 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn new(dir: &Path, size: &str) -> Tmpfs {
+        Tmpfs::with_options(dir, &format!("size={size},mode=0700"))
+    }
+
+    fn with_options(dir: &Path, options: &str) -> Tmpfs {
         fs::create_dir_all(dir).unwrap();
         let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir)
             .status()
             .unwrap();
@@ -328,6 +326,31 @@ fn full_cache_filesystem_degrades_to_source_reads() {
     );
     drop(m);
     drop(tmpfs);
+}
+
+#[test]
+fn unusable_cache_dir_degrades_to_ram_and_source() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let data = s.file("a.bin", 3 << 20, 4);
+    // A read-only filesystem as the cache dir: the SSD tier can't even take its lock.
+    let ro = Tmpfs::with_options(&s.base.join("ro"), "size=4m,mode=0700,ro");
+    let m = Mount::new(&s.src, &ro.0, &["--ram", "64MiB", "--disk", "1GiB"]);
+    for _ in 0..2 {
+        drop_caches();
+        assert_bytes_eq(&fs::read(m.path("a.bin")).unwrap(), &data, "a.bin");
+    }
+    let st = m.stats();
+    assert_eq!(
+        stat(&st, "disk.capacity"),
+        0,
+        "SSD tier should be disabled: {st}"
+    );
+    assert!(stat(&st, "ram.hits") > 0, "{st}");
+    drop(m);
+    drop(ro);
 }
 
 #[test]
@@ -583,23 +606,39 @@ fn allow_other_enforces_source_permissions() {
     };
 
     let m = s.mount(&["--allow-other", "--disk", "16MiB"]);
-    fs::set_permissions(m.mountpoint.parent().unwrap(), fs::Permissions::from_mode(0o755))
-        .unwrap();
+    fs::set_permissions(
+        m.mountpoint.parent().unwrap(),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let out = as_nobody(&m.path("public.bin"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_bytes_eq(&out.stdout, &public, "public.bin as nobody");
     let out = as_nobody(&m.path("private.bin"));
-    assert!(!out.status.success(), "nobody read a 0600 root file through the cache");
+    assert!(
+        !out.status.success(),
+        "nobody read a 0600 root file through the cache"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
     // Root still reads it (as at the source).
     assert!(fs::read(m.path("private.bin")).is_ok());
     drop(m);
 
     let m = s.mount(&["--disk", "16MiB"]);
-    fs::set_permissions(m.mountpoint.parent().unwrap(), fs::Permissions::from_mode(0o755))
-        .unwrap();
+    fs::set_permissions(
+        m.mountpoint.parent().unwrap(),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let out = as_nobody(&m.path("public.bin"));
-    assert!(!out.status.success(), "without --allow-other only the owner may use the mount");
+    assert!(
+        !out.status.success(),
+        "without --allow-other only the owner may use the mount"
+    );
 }
 
 #[test]
