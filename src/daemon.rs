@@ -270,6 +270,7 @@ fn plan_shard(
 ) -> Result<ShardSetup, String> {
     let sa = &cfg.shard_args;
     if cfg.shard.is_none() && !cfg.prefetch {
+        stats.shard_count.store(1, Relaxed);
         if cfg.pin == PinPolicy::All {
             cache.repin_all();
         }

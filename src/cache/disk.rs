@@ -590,7 +590,9 @@ mod tests {
         let alphabet: Vec<char> = "0123456789abcdefABCDEF-xz_.\u{e9}".chars().collect();
         let mut state = 99u64;
         for _ in 0..50_000 {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let len = (state >> 58) as usize + 30;
             let name: String = (0..len)
                 .map(|i| alphabet[((state >> (i % 50)) as usize + i) % alphabet.len()])
