@@ -77,25 +77,9 @@ impl MountConfig {
                 args.metadata_ttl
             ));
         }
-        if args.fuse_threads == 0 || args.fuse_threads > 256 {
-            return fail(format!(
-                "--fuse-threads: invalid value '{}': expected 1..256",
-                args.fuse_threads
-            ));
-        }
-        if args.fetch_threads == 0 || args.fetch_threads > 256 {
-            return fail(format!(
-                "--fetch-threads: invalid value '{}': expected 1..256",
-                args.fetch_threads
-            ));
-        }
-
-        if args.prefetch_threads == 0 || args.prefetch_threads > 64 {
-            return fail(format!(
-                "--prefetch-threads: invalid value '{}': expected 1..64",
-                args.prefetch_threads
-            ));
-        }
+        thread_count("--fuse-threads", args.fuse_threads, 256)?;
+        thread_count("--fetch-threads", args.fetch_threads, 256)?;
+        thread_count("--prefetch-threads", args.prefetch_threads, 64)?;
         let sa = &args.shard;
         if !sa.overflow.is_finite() || sa.overflow < 0.0 {
             return fail(format!(
@@ -214,6 +198,13 @@ impl MountConfig {
             shard,
         })
     }
+}
+
+fn thread_count(flag: &str, n: usize, max: usize) -> Result<(), ConfigError> {
+    if n == 0 || n > max {
+        return fail(format!("{flag}: invalid value '{n}': expected 1..{max}"));
+    }
+    Ok(())
 }
 
 fn existing_dir(path: &Path, what: &str) -> Result<PathBuf, ConfigError> {
