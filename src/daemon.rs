@@ -102,7 +102,10 @@ fn detach_stdio() {
 }
 
 fn init_logging(cfg: &MountConfig, foreground: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // fuser warns at every unmount made from outside (its own second unmount finds nothing
+    // to do): not worth a WARN line in every log.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,fuser::session=error"));
     let log_path = cfg
         .log_file
         .clone()

@@ -282,3 +282,56 @@ fn zarr_array_through_four_restricted_mounts() {
         assert!(stat(&m.stats(), "shard.files") > 0);
     }
 }
+
+fn warm(m: &Mount) {
+    let out = bicache(
+        [
+            OsStr::new("warm"),
+            m.mountpoint.as_os_str(),
+            OsStr::new("--quiet"),
+        ],
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(out.status.success(), "{}", out.describe());
+}
+
+#[test]
+fn prefetch_under_plain_lru_and_after_a_remount_completes() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    dataset(&s);
+    let shard = ["--shard-index", "0", "--shard-count", "2"];
+    let files = plan(&s, &shard);
+    let n = files.len() as u64;
+    // A tight budget: the shard fits the pinned area (95%) with less than a file to spare,
+    // so a remount must recognise what is cached rather than ask for room again.
+    let bytes: u64 = files
+        .iter()
+        .map(|f| fs::metadata(s.src.join(f)).unwrap().len() + 192)
+        .sum();
+    let disk = (bytes as f64 / 0.95) as u64 + 1024;
+    let disk = disk.to_string();
+    for policy in ["lru", "pin"] {
+        let cache = s.base.join(format!("cache-{policy}"));
+        let mut args = shard.to_vec();
+        args.extend(["--ram", "1MiB", "--disk", &disk, "--cache-policy", policy]);
+        let mut m = Mount::new(&s.src, &cache, &args);
+        warm(&m);
+        let st = m.stats();
+        assert_eq!(st["prefetch"]["state"], "done", "{policy}: {st}");
+        assert_eq!(stat(&st, "prefetch.files_done"), n, "{policy}: {st}");
+        // Remounted on the same cache dir the shard is already there: done, nothing fetched.
+        m.remount();
+        warm(&m);
+        let st = m.stats();
+        assert_eq!(
+            st["prefetch"]["state"], "done",
+            "{policy} after remount: {st}"
+        );
+        assert_eq!(stat(&st, "prefetch.files_done"), n, "{st}");
+        assert_eq!(stat(&st, "source.bytes"), 0, "{policy} after remount: {st}");
+    }
+}

@@ -234,6 +234,10 @@ impl DiskTier {
         );
     }
 
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     pub fn contains(&self, key: &ChunkKey) -> bool {
         self.index.lock().lru.contains(key)
     }

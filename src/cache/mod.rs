@@ -138,6 +138,9 @@ pub struct ChunkCache {
     pinned_files: RwLock<HashSet<u128>>,
     /// Readers currently waiting on the source: prefetch yields to them.
     readers_fetching: AtomicU64,
+    /// Bytes prefetch has fetched (bounds prefetch under plain LRU).
+    prefetched_bytes: AtomicU64,
+    ram_capacity: u64,
     max_window: u64,
     ram: RamTier,
     disk: Option<DiskTier>,
@@ -169,6 +172,8 @@ impl ChunkCache {
             pin: cfg.pin,
             pinned_files: RwLock::new(HashSet::new()),
             readers_fetching: AtomicU64::new(0),
+            prefetched_bytes: AtomicU64::new(0),
+            ram_capacity: cfg.ram_bytes,
             max_window: (cfg.max_readahead / cfg.chunk_size).max(2),
             ram: RamTier::new(cfg.ram_bytes, ram_pinned, cfg.chunk_size, stats.clone()),
             disk,
@@ -298,6 +303,14 @@ impl ChunkCache {
         }
     }
 
+    /// Budget of the capacity tier (SSD, else RAM).
+    fn capacity(&self) -> u64 {
+        match &self.disk {
+            Some(d) => d.capacity(),
+            None => self.ram_capacity,
+        }
+    }
+
     /// Bytes the pinned area of the capacity tier (SSD, else RAM) can still take.
     pub fn pinned_room(&self) -> u64 {
         match &self.disk {
@@ -324,23 +337,39 @@ impl ChunkCache {
             self.pinned_files.write().insert(fresh.key);
         }
         let file = &fresh;
-        let chunks = file.version.size.div_ceil(self.chunk_size);
+        let missing: Vec<u64> = (0..file.version.size.div_ceil(self.chunk_size))
+            .filter(|&index| {
+                let key = ChunkKey {
+                    file: file.key,
+                    index,
+                };
+                match &self.disk {
+                    Some(d) => !d.contains(&key),
+                    None => !self.ram.contains(&key),
+                }
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(PrefetchOutcome::Cached);
+        }
+        // Room for what is missing: in the pinned area when pinning, else in the capacity
+        // tier as a whole (prefetching more than fits would only churn the LRU).
         let per_chunk = disk::HEADER_LEN as u64 + ram::CHUNK_OVERHEAD;
-        if file.version.size + chunks * per_chunk > self.pinned_room() {
+        let need = missing
+            .iter()
+            .map(|&i| self.chunk_len(file, i) as u64 + per_chunk)
+            .sum::<u64>();
+        let room = if self.pin == PinPolicy::Off {
+            self.capacity()
+                .saturating_sub(self.prefetched_bytes.load(Relaxed))
+        } else {
+            self.pinned_room()
+        };
+        if need > room {
             return Ok(PrefetchOutcome::NoRoom);
         }
-        for index in 0..chunks {
-            let key = ChunkKey {
-                file: file.key,
-                index,
-            };
-            let cached = match &self.disk {
-                Some(d) => d.contains(&key),
-                None => self.ram.contains(&key),
-            };
-            if cached {
-                continue;
-            }
+        self.prefetched_bytes.fetch_add(need, Relaxed);
+        for index in missing {
             for _ in 0..50 {
                 if self.readers_fetching.load(Relaxed) == 0 {
                     break;
@@ -403,7 +432,7 @@ impl ChunkCache {
             self.readers_fetching.fetch_add(1, Relaxed);
         }
         let pin = self.pinned(file);
-        let result = self.fetch_below_ram(file, key, pin);
+        let result = self.fetch_below_ram(file, key, pin, count);
         if count {
             self.readers_fetching.fetch_sub(1, Relaxed);
         }
@@ -433,15 +462,20 @@ impl ChunkCache {
         file: &CachedFile,
         key: ChunkKey,
         pin: bool,
+        count: bool,
     ) -> io::Result<(Chunk, bool)> {
         let len = self.chunk_len(file, key.index);
         if let Some(disk) = &self.disk
             && let Some(data) = disk.get(&key, len)
         {
-            self.stats.disk_hits.fetch_add(1, Relaxed);
+            if count {
+                self.stats.disk_hits.fetch_add(1, Relaxed);
+            }
             return Ok((Arc::new(data), true));
         }
-        self.stats.disk_misses.fetch_add(1, Relaxed);
+        if count && self.disk.is_some() {
+            self.stats.disk_misses.fetch_add(1, Relaxed);
+        }
         let fetched = self
             .source
             .read_chunk(&file.version, key.index * self.chunk_size, len)
