@@ -60,22 +60,29 @@ fn daemon_pid(mountpoint: &Path) -> Option<u32> {
         .ok()
 }
 
+/// The mountinfo line of the bicache mount at `path`, split into fields.
+fn bicache_mount_entry(path: &Path) -> Option<Vec<String>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let ours = fields.len() > sep + 2
+            && (fields[sep + 1] == "fuse.bicache"
+                || (fields[sep + 1] == "fuse" && fields[sep + 2].starts_with("bicache:")))
+            && PathBuf::from(unescape(fields[4])) == path;
+        ours.then(|| fields.iter().map(|f| f.to_string()).collect())
+    })
+}
+
 /// Whether /proc/self/mountinfo lists `path` as a bicache mount: type `fuse.bicache`
 /// (mounted through fusermount3) or `fuse` with source `bicache:...` (mounted as root).
 pub fn is_bicache_mount(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            return false;
-        };
-        fields.len() > sep + 2
-            && (fields[sep + 1] == "fuse.bicache"
-                || (fields[sep + 1] == "fuse" && fields[sep + 2].starts_with("bicache:")))
-            && PathBuf::from(unescape(fields[4])) == path
-    })
+    bicache_mount_entry(path).is_some()
+}
+
+/// "major:minor" of the bicache mount at `path`.
+pub fn mount_device(path: &Path) -> Option<String> {
+    bicache_mount_entry(path).map(|f| f[2].clone())
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo octal.
