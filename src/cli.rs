@@ -164,7 +164,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
     /// Seconds that attributes and listings are trusted before the source is asked again.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    /// Longer than a typical epoch, so each epoch doesn't re-stat every file of the dataset.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
     pub metadata_ttl: f64,
     /// The dataset never changes while mounted: trust metadata forever (fastest).
     #[arg(long)]

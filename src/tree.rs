@@ -18,6 +18,8 @@ use parking_lot::RwLock;
 use crate::source::{FileVersion, Source, mtime_ns};
 
 pub const ROOT_INO: u64 = 1;
+/// Threads that stat a large directory's entries at once.
+const LIST_THREADS: usize = 8;
 /// Inodes below this are reserved for the control files (see fs.rs).
 pub const FIRST_DATA_INO: u64 = 16;
 
@@ -291,11 +293,13 @@ impl Tree {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
         let mut names = self.source.list_dir(&path)?;
         names.sort();
+        // The entries' lstats overlap: on a shared filesystem each one is a round trip,
+        // and a class folder of thousands of files would otherwise cost them in series.
+        let metas = self.lstat_all(&path, &names);
         let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            let child = path.join(&name);
-            let child_ino = self.ino_for(&child);
-            match self.source.lstat(&child) {
+        for (name, meta) in names.into_iter().zip(metas) {
+            let child_ino = self.ino_for(&path.join(&name));
+            match meta {
                 Ok(meta) => {
                     let attr = attr_from(child_ino, &meta);
                     self.store_attr(child_ino, &attr);
@@ -315,6 +319,25 @@ impl Tree {
             n.listing = Some((listing.clone(), Instant::now()));
         }
         Ok(listing)
+    }
+
+    /// lstat of every name in `dir`, in order, on up to LIST_THREADS threads.
+    fn lstat_all(&self, dir: &Path, names: &[OsString]) -> Vec<io::Result<Metadata>> {
+        let one = |name: &OsString| self.source.lstat(&dir.join(name));
+        if names.len() < 64 {
+            return names.iter().map(one).collect();
+        }
+        let per = names.len().div_ceil(LIST_THREADS);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = names
+                .chunks(per)
+                .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().expect("lstat thread panicked"))
+                .collect()
+        })
     }
 
     /// The cached attributes of an entry just listed (for readdirplus).
