@@ -112,6 +112,15 @@ const WRITE_QUEUE: usize = 32;
 const READAHEAD_QUEUE: usize = 256;
 const INFLIGHT_SHARDS: usize = 16;
 
+/// The part of the RAM budget the RAM tier itself may hold. Chunks in flight (being fetched,
+/// queued for the SSD tier, being replied) live outside the tier but in the same memory, so
+/// they are set aside from the budget: resident memory then follows the budget the user
+/// gave, not the budget plus the traffic (measured: 2 GiB budget, 2,189 MiB peak RSS before).
+fn ram_tier_bytes(budget: u64, chunk_size: u64, fetch_threads: usize) -> u64 {
+    let in_flight = (WRITE_QUEUE + fetch_threads + 16) as u64 * chunk_size;
+    budget - in_flight.min(budget / 4)
+}
+
 /// A chunk on its way to the SSD tier, and whether it is to be pinned there.
 type WriteJob = (ChunkKey, Chunk, bool);
 
@@ -167,6 +176,7 @@ impl ChunkCache {
         } else {
             0
         };
+        stats.ram_capacity.store(cfg.ram_bytes, Relaxed);
         let cache = Arc::new(ChunkCache {
             chunk_size: cfg.chunk_size,
             pin: cfg.pin,
@@ -175,7 +185,12 @@ impl ChunkCache {
             prefetched_bytes: AtomicU64::new(0),
             ram_capacity: cfg.ram_bytes,
             max_window: (cfg.max_readahead / cfg.chunk_size).max(2),
-            ram: RamTier::new(cfg.ram_bytes, ram_pinned, cfg.chunk_size, stats.clone()),
+            ram: RamTier::new(
+                ram_tier_bytes(cfg.ram_bytes, cfg.chunk_size, cfg.fetch_threads),
+                ram_pinned,
+                cfg.chunk_size,
+                stats.clone(),
+            ),
             disk,
             source,
             stats,

@@ -23,12 +23,12 @@ fn cost(chunk: &Chunk) -> u64 {
 }
 
 impl RamTier {
-    /// `pinned_capacity`: how much of the budget pinned chunks may take (0 = no pinning).
+    /// `capacity`: bytes the tier may hold (the stats report the user's whole budget, set by
+    /// the caller); `pinned_capacity`: how much of it pinned chunks may take (0 = none).
     pub fn new(capacity: u64, pinned_capacity: u64, chunk_size: u64, stats: Arc<Stats>) -> RamTier {
         // Enough shards for parallelism, but each must still hold several chunks, or a
         // lopsided hash would evict long before the whole budget is used.
         let shards = (capacity / (chunk_size * 8)).clamp(1, 16);
-        stats.ram_capacity.store(capacity, Relaxed);
         RamTier {
             shards: (0..shards)
                 .map(|_| Mutex::new(PinLru::new(capacity / shards, pinned_capacity / shards)))
@@ -104,7 +104,7 @@ mod tests {
         ram.insert(key(4), chunk(1024), false);
         assert!(ram.get(&key(1)).is_none(), "least recently used goes first");
         assert!(ram.get(&key(0)).is_some());
-        assert!(stats.ram_bytes.load(Relaxed) <= stats.ram_capacity.load(Relaxed));
+        assert!(stats.ram_bytes.load(Relaxed) <= 4 * (1024 + CHUNK_OVERHEAD));
         // Larger than the whole budget: refused, nothing evicted.
         ram.insert(key(9), chunk(1 << 20), false);
         assert!(ram.get(&key(9)).is_none());
