@@ -218,10 +218,11 @@ fn existing_dir(path: &Path, what: &str) -> Result<PathBuf, ConfigError> {
 }
 
 /// The mountpoint must be a directory; one left dead by a killed daemon
-/// ("Transport endpoint is not connected") is detached so the new mount can take its place.
+/// ("Transport endpoint is not connected", or "Software caused connection abort" when the
+/// kernel aborted the connection) is detached so the new mount can take its place.
 fn mountpoint_dir(path: &Path) -> Result<PathBuf, ConfigError> {
     if let Err(e) = fs::metadata(path)
-        && e.raw_os_error() == Some(libc::ENOTCONN)
+        && matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
     {
         crate::daemon::detach_dead_mount(path).or_else(|err| {
             fail(format!(
