@@ -251,6 +251,8 @@ fn mount_on_a_dead_mountpoint_recovers_it() {
         .unwrap()
     };
     let out = mount_at(&mp);
+    // Whatever fails below, the mountpoint is detached at the end.
+    let _detach = DetachOnDrop(mp.clone());
     assert!(out.status.success(), "{}", out.describe());
     let pid = pids_with_arg(mp.as_os_str());
     for p in &pid {
@@ -281,6 +283,17 @@ fn mount_on_a_dead_mountpoint_recovers_it() {
     }
     result.unwrap();
     assert!(un.status.success(), "{}", un.describe());
+}
+
+/// Lazily unmounts a mountpoint when dropped (a no-op if nothing is mounted there).
+struct DetachOnDrop(PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
 }
 
 /// A tmpfs mounted for the test and always unmounted.
