@@ -15,6 +15,8 @@ pub struct Buf {
     len: usize,
     /// Bytes allocated (0: nothing allocated).
     cap: usize,
+    /// Mapped straight from the kernel (else from the global allocator).
+    mapped: bool,
 }
 
 // Safety: Buf owns its allocation exclusively, like Vec<u8>.
@@ -23,21 +25,54 @@ unsafe impl Sync for Buf {}
 
 impl Buf {
     /// A zero-filled buffer of `len` bytes starting on a page boundary.
+    ///
+    /// Mapped from the kernel directly: zero pages for free, and given back whole when the
+    /// chunk is evicted. Through malloc, chunks of small files (under its mmap threshold)
+    /// fragmented the heap: a 2 GiB RAM tier of small-file chunks peaked at 2.4 GiB RSS.
     pub fn zeroed(len: usize) -> Buf {
         if len == 0 {
             return Buf {
                 ptr: NonNull::dangling(),
                 len: 0,
                 cap: 0,
+                mapped: false,
             };
         }
+        let cap = len.div_ceil(ALIGN) * ALIGN;
+        // Safety: an anonymous private mapping; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                cap,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED
+            && let Some(ptr) = NonNull::new(p as *mut u8)
+        {
+            return Buf {
+                ptr,
+                len,
+                cap,
+                mapped: true,
+            };
+        }
+        // Out of mappings (vm.max_map_count): the allocator still works.
         let layout = Layout::from_size_align(len, ALIGN).expect("chunk size fits a layout");
         // Safety: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(ptr) else {
             handle_alloc_error(layout)
         };
-        Buf { ptr, len, cap: len }
+        Buf {
+            ptr,
+            len,
+            cap: len,
+            mapped: false,
+        }
     }
 
     /// Shortens the visible length (the allocation stays).
@@ -63,7 +98,10 @@ impl DerefMut for Buf {
 
 impl Drop for Buf {
     fn drop(&mut self) {
-        if self.cap > 0 {
+        if self.mapped {
+            // Safety: mapped in `zeroed` with exactly this length.
+            unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.cap) };
+        } else if self.cap > 0 {
             // Safety: allocated in `zeroed` with exactly this layout.
             unsafe {
                 dealloc(

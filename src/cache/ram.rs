@@ -18,8 +18,9 @@ pub struct RamTier {
     stats: Arc<Stats>,
 }
 
+/// What a chunk really takes in memory: its buffer is mapped in whole pages (buf.rs).
 fn cost(chunk: &Chunk) -> u64 {
-    chunk.len() as u64 + CHUNK_OVERHEAD
+    (chunk.len() as u64).div_ceil(4096) * 4096 + CHUNK_OVERHEAD
 }
 
 impl RamTier {
@@ -96,7 +97,7 @@ mod tests {
     #[test]
     fn stays_within_budget_and_evicts_lru() {
         let stats = Arc::new(Stats::default());
-        let ram = RamTier::new(4 * (1024 + CHUNK_OVERHEAD), 0, 1 << 20, stats.clone());
+        let ram = RamTier::new(4 * (4096 + CHUNK_OVERHEAD), 0, 1 << 20, stats.clone());
         for i in 0..4 {
             ram.insert(key(i), chunk(1024), false);
         }
@@ -104,7 +105,7 @@ mod tests {
         ram.insert(key(4), chunk(1024), false);
         assert!(ram.get(&key(1)).is_none(), "least recently used goes first");
         assert!(ram.get(&key(0)).is_some());
-        assert!(stats.ram_bytes.load(Relaxed) <= 4 * (1024 + CHUNK_OVERHEAD));
+        assert!(stats.ram_bytes.load(Relaxed) <= 4 * (4096 + CHUNK_OVERHEAD));
         // Larger than the whole budget: refused, nothing evicted.
         ram.insert(key(9), chunk(1 << 20), false);
         assert!(ram.get(&key(9)).is_none());
