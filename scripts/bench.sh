@@ -26,8 +26,11 @@
 #   SLOWFS_THREADS, RAM, DISK, EXTRA_MOUNT_ARGS (bicache), RCLONE_EXTRA_ARGS, WORKERS,
 #   EPOCHS, SLOWFS_EPOCHS, RAND_RUNTIME, RAND_COLD (1/0), SEED, BIG_FILES, BIG_MIB,
 #   SMALL_FILES, SMALL_DIRS, SMALL_MIN_KIB, SMALL_MAX_KIB, ZARR_ROWS, ZARR_CHUNK_ROWS,
-#   WRITE_DOC (1/0: replace the bench-suite section of docs/BENCHMARKS.md and the plot),
-#   SKIP_BUILD (1/0), BICACHE_REV, BICACHE_BIN. Raw results stay in $BENCH_DIR/results.
+#   WRITE_DOC (1/0: replace the bench-suite section of docs/BENCHMARKS.md and the plot;
+#   default 1 for the whole suite, 0 when SYSTEMS or WORKLOADS is a subset), REPORT_ONLY=1
+#   (no runs: rebuild the report, and the doc with WRITE_DOC=1, from $BENCH_DIR/results),
+#   SKIP_BUILD (1/0), BICACHE_REV, BICACHE_BIN. Raw results stay in $BENCH_DIR/results; one
+#   invocation at a time per BENCH_DIR (a lock), as a new run deletes the last one's results.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,7 +39,7 @@ COMMAND_LINE=
 for v in RUNS BENCH_DIR SYSTEMS WORKLOADS LATENCY_MS META_LATENCY_MS BANDWIDTH_MBPS SLOWFS_THREADS RAM \
     DISK EXTRA_MOUNT_ARGS RCLONE_EXTRA_ARGS WORKERS EPOCHS SLOWFS_EPOCHS RAND_RUNTIME RAND_COLD \
     SEED BIG_FILES BIG_MIB SMALL_FILES SMALL_DIRS SMALL_MIN_KIB SMALL_MAX_KIB ZARR_ROWS \
-    ZARR_CHUNK_ROWS BICACHE_REV BICACHE_BIN; do
+    ZARR_CHUNK_ROWS WRITE_DOC BICACHE_REV BICACHE_BIN; do
     if [ -n "${!v+set}" ]; then COMMAND_LINE+="$v=$(printf %q "${!v}") "; fi
 done
 COMMAND_LINE+="scripts/bench.sh"
@@ -67,7 +70,9 @@ SMALL_MIN_KIB=${SMALL_MIN_KIB:-16}
 SMALL_MAX_KIB=${SMALL_MAX_KIB:-256}
 ZARR_ROWS=${ZARR_ROWS:-8192}
 ZARR_CHUNK_ROWS=${ZARR_CHUNK_ROWS:-4}
+WRITE_DOC_GIVEN=${WRITE_DOC+set}
 WRITE_DOC=${WRITE_DOC:-1}
+REPORT_ONLY=${REPORT_ONLY:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BICACHE_REV=${BICACHE_REV:-}
 BICACHE_BIN=${BICACHE_BIN:-}
@@ -94,6 +99,7 @@ RCLONE_PID=
 BC_PID=
 BC_PHASE=    # what the current bicache mount is used for (labels its peak RSS)
 RUN=0
+OWNER=0      # 1 once this invocation holds BENCH_DIR's lock (its mounts are then ours)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -145,7 +151,7 @@ bicache_up() { # bicache_up [extra mount args...]: fresh cache dir
     rm -rf "$CACHE/bicache"
     # shellcheck disable=SC2086
     "$BIN/bicache" mount "$MNT/slowfs" "$MNT/bicache" --cache-dir "$CACHE/bicache" \
-        --ram "$RAM" --disk "$DISK" --log-file "$OUT/bicache-run$RUN.log" "$@" $EXTRA_MOUNT_ARGS
+        --ram "$RAM" --disk "$DISK" --log-file "$OUT/bicache-run$RUN.log" "$@" $EXTRA_MOUNT_ARGS 9>&-
     BC_PID=$("$BIN/bicache" stats "$MNT/bicache" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
 }
 
@@ -166,7 +172,7 @@ rclone_up() { # fresh cache dir
     mkdir -p "$CACHE/rclone"
     # shellcheck disable=SC2086
     rclone mount "$MNT/slowfs" "$MNT/rclone" $RCLONE_ARGS --cache-dir "$CACHE/rclone" \
-        --config /dev/null --log-file "$OUT/rclone-run$RUN.log" $RCLONE_EXTRA_ARGS &
+        --config /dev/null --log-file "$OUT/rclone-run$RUN.log" $RCLONE_EXTRA_ARGS 9>&- &
     RCLONE_PID=$!
     wait_mounted "$MNT/rclone" || die "rclone did not mount (see $OUT/rclone-run$RUN.log)"
 }
@@ -180,7 +186,7 @@ rclone_down() {
 slowfs_up() {
     "$BIN/slowfs" "$DATA" "$MNT/slowfs" --latency-ms "$LATENCY_MS" \
         --meta-latency-ms "$META_LATENCY_MS" --bandwidth-mbps "$BANDWIDTH_MBPS" \
-        --threads "$SLOWFS_THREADS" --stats-file "$OUT/slowfs.json" 2>"$OUT/slowfs-run$RUN.log" &
+        --threads "$SLOWFS_THREADS" --stats-file "$OUT/slowfs.json" 2>"$OUT/slowfs-run$RUN.log" 9>&- &
     SLOWFS_PID=$!
     wait_mounted "$MNT/slowfs" || die "slowfs did not mount (see $OUT/slowfs-run$RUN.log)"
 }
@@ -195,6 +201,9 @@ slowfs_down() {
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if [ "$OWNER" != 1 ]; then # failed before taking BENCH_DIR's lock: nothing here is ours
+        exit "$rc"
+    fi
     bicache_down ""
     rclone_down
     fuse_unmount "$MNT/bindfs"
@@ -222,7 +231,7 @@ sys_up() {
     native | slowfs) ;;
     bindfs)
         # shellcheck disable=SC2086
-        bindfs $BINDFS_ARGS "$DATA" "$MNT/bindfs"
+        bindfs $BINDFS_ARGS "$DATA" "$MNT/bindfs" 9>&-
         wait_mounted "$MNT/bindfs" || die "bindfs did not mount"
         ;;
     rclone) rclone_up ;;
@@ -412,8 +421,35 @@ fi
 mkdir -p "$BENCH_DIR"
 touch "$BENCH_DIR/$MARKER"
 BENCH_DIR=$(cd "$BENCH_DIR" && pwd -P)
+# One invocation per BENCH_DIR: a second one would delete this one's results mid-run.
+exec 9>"$BENCH_DIR/.lock"
+flock -n 9 || die "another scripts/bench.sh is using BENCH_DIR=$BENCH_DIR; wait for it or use another BENCH_DIR"
+OWNER=1
+if [ -z "$WRITE_DOC_GIVEN" ] && { [ "$SYSTEMS" != "native bindfs slowfs rclone bicache bicache-imm" ] ||
+    [ "$WORKLOADS" != "walk epoch zarr seq rand" ]; }; then
+    WRITE_DOC=0
+    log "SYSTEMS or WORKLOADS is a subset: docs/BENCHMARKS.md is left alone (WRITE_DOC=1 to write it anyway)"
+fi
 BIN=$BENCH_DIR/bin DATA=$BENCH_DIR/data MNT=$BENCH_DIR/mnt CACHE=$BENCH_DIR/cache
 OUT=$BENCH_DIR/results FILES=$BENCH_DIR/imagenet.tsv RESULTS=$OUT/results.jsonl
+
+write_report() { # the markdown report and the plot from $OUT, and the doc if WRITE_DOC=1
+    python3 "$SCRIPTS/bench_report.py" "$OUT" "$OUT/report.md" "$OUT/bench-epochs.png"
+    if [ "$WRITE_DOC" = 1 ]; then
+        python3 "$SCRIPTS/bench_report.py" --insert "$DOC" "$OUT/report.md"
+        if [ -e "$OUT/bench-epochs.png" ]; then cp "$OUT/bench-epochs.png" "$PLOT"; fi
+        log "wrote $DOC and $PLOT"
+    fi
+    log "raw results: $OUT (report: $OUT/report.md)"
+}
+if [ "$REPORT_ONLY" = 1 ]; then
+    [ -s "$OUT/report.env" ] || die "REPORT_ONLY=1: no $OUT/report.env (a finished run's results)"
+    # shellcheck disable=SC1091
+    . "$OUT/report.env"
+    [ -n "$WRITE_DOC_GIVEN" ] || WRITE_DOC=0
+    write_report
+    exit 0
+fi
 mkdir -p "$BIN" "$CACHE" "$MNT"/{slowfs,bindfs,rclone,bicache}
 for m in bicache rclone bindfs slowfs; do # leftovers of an interrupted run (our own)
     if is_mounted "$MNT/$m"; then umount -l "$MNT/$m" || true; fi
@@ -485,11 +521,8 @@ export MACHINE VERSIONS COMMAND_LINE GIT_REV ELAPSED RUNS SYSTEMS LATENCY_MS MET
     BANDWIDTH_MBPS SLOWFS_THREADS RAM DISK EXTRA_MOUNT_ARGS RCLONE_ARGS RCLONE_EXTRA_ARGS \
     BINDFS_ARGS WORKERS EPOCHS SLOWFS_EPOCHS RAND_RUNTIME RAND_COLD SEED BIG_FILES BIG_MIB \
     SMALL_FILES SMALL_DIRS SMALL_MIN_KIB SMALL_MAX_KIB ZARR_ROWS ZARR_CHUNK_ROWS DATA
-export BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
-python3 "$SCRIPTS/bench_report.py" "$OUT" "$OUT/report.md" "$OUT/bench-epochs.png"
-if [ "$WRITE_DOC" = 1 ]; then
-    python3 "$SCRIPTS/bench_report.py" --insert "$DOC" "$OUT/report.md"
-    if [ -e "$OUT/bench-epochs.png" ]; then cp "$OUT/bench-epochs.png" "$PLOT"; fi
-    log "wrote $DOC and $PLOT"
-fi
-log "raw results: $OUT (report: $OUT/report.md)"
+BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+export BENCH_DATE
+# Everything the report needs, so REPORT_ONLY=1 can rebuild it later from these results.
+export -p | grep -E '^declare -x (MACHINE|VERSIONS|COMMAND_LINE|GIT_REV|ELAPSED|RUNS|SYSTEMS|LATENCY_MS|META_LATENCY_MS|BANDWIDTH_MBPS|SLOWFS_THREADS|RAM|DISK|EXTRA_MOUNT_ARGS|RCLONE_ARGS|RCLONE_EXTRA_ARGS|BINDFS_ARGS|WORKERS|EPOCHS|SLOWFS_EPOCHS|RAND_RUNTIME|RAND_COLD|SEED|BIG_FILES|BIG_MIB|SMALL_FILES|SMALL_DIRS|SMALL_MIN_KIB|SMALL_MAX_KIB|ZARR_ROWS|ZARR_CHUNK_ROWS|DATA|BENCH_DATE)=' >"$OUT/report.env"
+write_report

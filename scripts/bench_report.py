@@ -251,13 +251,13 @@ def table(res, wl, title, kind):
 def verdict(measured, target, higher_is_better=True):
     if measured is None:
         return "not measured"
-    if higher_is_better:
-        if measured >= target:
-            return "met"
-        return f"**missed** by {100 * (target - measured) / target:.0f}%"
-    if measured <= target:
+    if target == 0:
+        return "met" if measured <= 0 else f"**missed**: {measured:,}"
+    short = (target - measured if higher_is_better else measured - target) / target
+    if short <= 0:
         return "met"
-    return f"**missed** by {100 * (measured - target) / target:.0f}%"
+    pct = 100 * short
+    return f"**missed** by {pct:.1f}%" if pct < 10 else f"**missed** by {pct:.0f}%"
 
 
 def targets(res, env, hwm):
