@@ -148,16 +148,7 @@ fn warm_shard_is_read_twice_in_random_order_without_the_source() {
     let mut args = shard_args.to_vec();
     args.extend(["--ram", "1MiB", "--disk", "64MiB", "--chunk-size", "64KiB"]);
     let m = s.mount(&args);
-    let out = bicache(
-        [
-            OsStr::new("warm"),
-            m.mountpoint.as_os_str(),
-            OsStr::new("--quiet"),
-        ],
-        Duration::from_secs(120),
-    )
-    .unwrap();
-    assert!(out.status.success(), "{}", out.describe());
+    warm(&m);
     let st = m.stats();
     assert_eq!(stat(&st, "prefetch.files_done"), mine.len() as u64, "{st}");
     assert_eq!(st["prefetch"]["state"], "done", "{st}");
