@@ -27,7 +27,7 @@ args=(--cache-dir "$WORK/cache" --chunk-size 4KiB --ram 16MiB --disk 2GiB)
 "$BIN" mount "$WORK/src" "$WORK/mnt" "${args[@]}"
 cat "$WORK"/mnt/*.bin >/dev/null
 "$BIN" unmount "$WORK/mnt"
-have=$(find "$WORK/cache/chunks-v1" -type f | wc -l)
+have=$(find "$WORK/cache/chunks-v2" -type f | wc -l)
 echo "cache dir holds $have chunk files"
 
 results=()

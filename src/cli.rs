@@ -188,6 +188,10 @@ pub struct MountArgs {
     /// `--shard none` (where the "shard" is the whole dataset).
     #[arg(long, value_name = "on|off")]
     pub prefetch: Option<OnOff>,
+    /// Let the kernel read files held whole on the SSD tier straight from their cache
+    /// files (FUSE passthrough: Linux 6.9+, as root). Off: every read goes through the daemon.
+    #[arg(long, value_enum, value_name = "on|off", default_value = "on")]
+    pub passthrough: OnOff,
     /// pin: chunks of the shard (of the dataset, unsharded) are kept while they fit, so
     /// random-order epochs get the best possible hit rate; lru: plain LRU for other patterns.
     #[arg(long, value_enum, default_value = "pin")]

@@ -39,6 +39,7 @@ pub struct MountConfig {
     pub prefetch: bool,
     pub prefetch_threads: usize,
     pub pin: PinPolicy,
+    pub passthrough: bool,
 }
 
 /// A user error: printed as one line, exit status 2.
@@ -195,6 +196,7 @@ impl MountConfig {
                 (CachePolicy::Pin, Some(_)) => PinPolicy::Set,
                 (CachePolicy::Pin, None) => PinPolicy::All,
             },
+            passthrough: args.passthrough == OnOff::On,
             shard,
         })
     }

@@ -25,6 +25,23 @@ use crate::stats::Stats;
 use crate::tree::ShardView;
 use crate::tree::Tree;
 
+/// FUSE passthrough needs the mount to sit above its backing files in the kernel's stack
+/// of filesystems: one level above a plain disk filesystem, two above a stacked one
+/// (overlayfs, as in containers, or another FUSE mount). Higher than needed would only
+/// stop others from stacking on bicache.
+fn stack_depth(cache_dir: &Path) -> u32 {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    const ECRYPTFS_SUPER_MAGIC: i64 = 0xf15f;
+    match nix::sys::statfs::statfs(cache_dir) {
+        Ok(st) => match st.filesystem_type().0 {
+            OVERLAYFS_SUPER_MAGIC | FUSE_SUPER_MAGIC | ECRYPTFS_SUPER_MAGIC => 2,
+            _ => 1,
+        },
+        Err(_) => 1,
+    }
+}
+
 /// Runs `bicache mount`. Returns the process exit code.
 pub fn mount(cfg: MountConfig) -> i32 {
     if cfg.foreground {
@@ -188,12 +205,14 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     let has_disk = cache.has_disk();
     let shard = plan_shard(cfg, &cache, &stats, has_disk)?;
     let tree = Tree::new(source, cfg.metadata_ttl, shard.view);
+    let passthrough_depth = (cfg.passthrough && has_disk).then(|| stack_depth(&cfg.cache_dir));
     let fs = BicacheFs::new(
         tree,
         cache.clone(),
         stats.clone(),
         shard.paths,
         cfg.shard_args.shard_strict,
+        passthrough_depth,
     );
 
     let mut config = Config::default();

@@ -8,17 +8,17 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use parking_lot::{Mutex, RwLock};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::cache::{CachedFile, ChunkCache, Stream};
 use crate::stats::Stats;
@@ -45,6 +45,18 @@ enum Handle {
     Control(Vec<u8>),
 }
 
+/// How the kernel reads one inode while it is open. The kernel insists that all opens of
+/// an inode agree: either all through the daemon (page-cached) or all passthrough to one
+/// and the same backing file. An open that breaks the rule fails with EIO.
+#[derive(Default)]
+struct InodeIo {
+    /// Opens not yet released. Counted from our reply to the RELEASE request, which comes
+    /// after the kernel let go, so this never undercounts the kernel's own count.
+    opens: u64,
+    /// Set while the inode is open in passthrough; closed when the last open is released.
+    backing: Option<Arc<BackingId>>,
+}
+
 pub struct BicacheFs {
     tree: Tree,
     cache: Arc<ChunkCache>,
@@ -60,6 +72,12 @@ pub struct BicacheFs {
     shard_paths: Arc<Vec<std::path::PathBuf>>,
     /// `--shard-strict`: opening another shard's file fails with EACCES.
     shard_strict: bool,
+    /// Kernel stack depth to ask for passthrough with (None: passthrough off).
+    passthrough_depth: Option<u32>,
+    /// Whether passthrough is in use: granted by the kernel at init, dropped for good if
+    /// registering a backing file fails (not root, unsupported cache filesystem).
+    passthrough: AtomicBool,
+    io_modes: Mutex<HashMap<u64, InodeIo>>,
 }
 
 fn errno(e: &io::Error) -> Errno {
@@ -108,6 +126,7 @@ impl BicacheFs {
         stats: Arc<Stats>,
         shard_paths: Arc<Vec<std::path::PathBuf>>,
         shard_strict: bool,
+        passthrough_depth: Option<u32>,
     ) -> BicacheFs {
         BicacheFs {
             tree,
@@ -121,6 +140,9 @@ impl BicacheFs {
             gid: unsafe { libc::getegid() },
             shard_paths,
             shard_strict,
+            passthrough_depth,
+            passthrough: AtomicBool::new(false),
+            io_modes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -161,6 +183,52 @@ impl BicacheFs {
 
     fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
         self.handles.read().get(&fh.0).cloned()
+    }
+
+    /// Decides how the kernel reads this open of a regular file and counts the open:
+    /// Some(backing) for passthrough, None for reads through the daemon.
+    fn backing_for_open(
+        &self,
+        ino: u64,
+        file: &CachedFile,
+        reply: &ReplyOpen,
+    ) -> Option<Arc<BackingId>> {
+        // An inode already open keeps its mode (the kernel's rule); only a first open
+        // chooses. The SSD file is checked outside the lock: that may read and hash it.
+        let first_open = self
+            .io_modes
+            .lock()
+            .get(&ino)
+            .is_none_or(|io| io.opens == 0);
+        let candidate = if first_open && self.passthrough.load(Relaxed) {
+            self.cache.whole_file_on_disk(file)
+        } else {
+            None
+        };
+        let mut modes = self.io_modes.lock();
+        let io = modes.entry(ino).or_default();
+        io.opens += 1;
+        if io.opens > 1 {
+            // Another open raced ahead or is still open: share its mode. A passthrough open
+            // serves the version first opened until every open of the inode is released.
+            return io.backing.clone();
+        }
+        let cache_file = candidate?;
+        match reply.open_backing(&cache_file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                io.backing = Some(id.clone());
+                self.stats.passthrough_opens.fetch_add(1, Relaxed);
+                Some(id)
+            }
+            Err(e) => {
+                if self.passthrough.swap(false, Relaxed) {
+                    warn!("FUSE passthrough unavailable ({e}); every read goes through the daemon");
+                    self.stats.passthrough_enabled.store(0, Relaxed);
+                }
+                None
+            }
+        }
     }
 
     fn control_snapshot(&self, ino: u64) -> Vec<u8> {
@@ -206,6 +274,18 @@ impl Filesystem for BicacheFs {
             .or_else(|max| config.set_max_readahead(max));
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        if let Some(depth) = self.passthrough_depth {
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(depth).is_ok();
+            if granted {
+                self.passthrough.store(true, Relaxed);
+            } else {
+                info!("kernel lacks FUSE passthrough; every read goes through the daemon");
+            }
+            self.stats
+                .passthrough_enabled
+                .store(granted as u64, Relaxed);
+        }
         Ok(())
     }
 
@@ -281,12 +361,16 @@ impl Filesystem for BicacheFs {
         let id = (version.size, version.mtime_ns);
         let unchanged = self.opened_versions.lock().insert(ino.0, id) == Some(id);
         let file = self.cache.file(version);
+        let backing = self.backing_for_open(ino.0, &file, &reply);
         let fh = self.add_handle(Handle::File {
             file,
             stream: Stream::default(),
         });
-        // The kernel's page cache is the fastest tier: keep it while the file is unchanged.
         // Nothing is ever written, so close needs no FLUSH round trip.
+        if let Some(backing) = backing {
+            return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &backing);
+        }
+        // The kernel's page cache is the fastest tier: keep it while the file is unchanged.
         let flags = if unchanged {
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
@@ -334,14 +418,26 @@ impl Filesystem for BicacheFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.write().remove(&fh.0);
+        let removed = self.handles.write().remove(&fh.0);
+        if let Some(h) = removed
+            && matches!(*h, Handle::File { .. })
+        {
+            let mut modes = self.io_modes.lock();
+            if let Some(io) = modes.get_mut(&ino.0) {
+                io.opens = io.opens.saturating_sub(1);
+                if io.opens == 0 {
+                    // Drops the last reference: the backing file is unregistered.
+                    modes.remove(&ino.0);
+                }
+            }
+        }
         reply.ok();
     }
 

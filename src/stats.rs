@@ -46,6 +46,10 @@ pub struct Stats {
     pub shard_bytes: AtomicU64,
     /// Opens of files outside this mount's shard (served, or refused under --shard-strict).
     pub out_of_shard_opens: AtomicU64,
+    /// 1 while the kernel reads whole cached files straight from the SSD tier.
+    pub passthrough_enabled: AtomicU64,
+    /// Opens served by FUSE passthrough (their reads never reach the daemon).
+    pub passthrough_opens: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +130,8 @@ impl Stats {
              \"prefetch\":{{\"state\":\"{}\",\"files_done\":{},\"files_total\":{},\"bytes\":{},\
              \"bytes_total\":{},\"errors\":{},\"rate_bytes_per_sec\":{},\"eta_secs\":{}}},\
              \"shard\":{{\"index\":{},\"count\":{},\"files\":{},\"bytes\":{},\
-             \"out_of_shard_opens\":{}}}}}",
+             \"out_of_shard_opens\":{}}},\
+             \"passthrough\":{{\"enabled\":{},\"opens\":{}}}}}",
             get(&self.ram_hits),
             get(&self.ram_misses),
             get(&self.ram_bytes),
@@ -159,6 +164,8 @@ impl Stats {
             get(&self.shard_files),
             get(&self.shard_bytes),
             get(&self.out_of_shard_opens),
+            get(&self.passthrough_enabled) == 1,
+            get(&self.passthrough_opens),
         );
         s
     }
@@ -180,7 +187,8 @@ impl Stats {
              disk        {} / {} held, {dh} hits, {dm} misses (hit rate {}), {} corrupt, {} write errors\n\
              source      {} reads, {} pulled, {} metadata ops, {} errors\n\
              prefetch    {}: {} / {} files, {} / {}, {}/s, ETA {}\n\
-             shard       {} of {}: {} files, {}, {} out-of-shard opens\n",
+             shard       {} of {}: {} files, {}, {} out-of-shard opens\n\
+             passthrough {}, {} opens\n",
             human(chunk_size),
             human(get(&self.ram_bytes)),
             human(get(&self.ram_capacity)),
@@ -210,6 +218,12 @@ impl Stats {
             get(&self.shard_files),
             human(get(&self.shard_bytes)),
             get(&self.out_of_shard_opens),
+            if get(&self.passthrough_enabled) == 1 {
+                "on"
+            } else {
+                "off"
+            },
+            get(&self.passthrough_opens),
         )
     }
 }

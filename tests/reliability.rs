@@ -18,7 +18,7 @@ use common::*;
 /// Chunk files of the SSD tier, sorted.
 fn chunk_files(cache: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for sub in fs::read_dir(cache.join("chunks-v1")).unwrap().flatten() {
+    for sub in fs::read_dir(cache.join("chunks-v2")).unwrap().flatten() {
         if let Ok(rd) = fs::read_dir(sub.path()) {
             out.extend(rd.flatten().map(|e| e.path()));
         }
@@ -103,8 +103,8 @@ fn damaged_cache_files_are_detected_and_never_served() {
         .clone();
     fs::write(&same_len, &other).unwrap();
     // Garbage that must be ignored or cleaned, never served.
-    fs::write(s.cache.join("chunks-v1/00/garbage"), b"not a chunk").unwrap();
-    fs::write(s.cache.join("chunks-v1/00/zz-1-2"), b"nope").unwrap();
+    fs::write(s.cache.join("chunks-v2/00/garbage"), b"not a chunk").unwrap();
+    fs::write(s.cache.join("chunks-v2/00/zz-1-2"), b"nope").unwrap();
 
     let m = s.mount(&args);
     let before = m.stats();
@@ -125,7 +125,7 @@ fn damaged_cache_files_are_detected_and_never_served() {
         "refetched {refetched} bytes: {st}"
     );
     assert!(
-        !s.cache.join("chunks-v1/00/garbage").exists(),
+        !s.cache.join("chunks-v2/00/garbage").exists(),
         "garbage should be cleaned"
     );
 }
@@ -150,6 +150,9 @@ fn unknown_format_version_is_cleared_not_misread() {
         read_all(&m.mountpoint, &files);
     }
     fs::write(s.cache.join("FORMAT"), "bicache-cache 999\n").unwrap();
+    // What a version 1 cache dir left behind: freed, never read.
+    fs::create_dir_all(s.cache.join("chunks-v1/00")).unwrap();
+    fs::write(s.cache.join("chunks-v1/00/old"), b"header+data").unwrap();
     let m = s.mount(&args);
     read_all(&m.mountpoint, &files);
     let st = m.stats();
@@ -160,7 +163,11 @@ fn unknown_format_version_is_cleared_not_misread() {
     );
     assert_eq!(
         fs::read_to_string(s.cache.join("FORMAT")).unwrap(),
-        "bicache-cache 1\n"
+        "bicache-cache 2\n"
+    );
+    assert!(
+        !s.cache.join("chunks-v1").exists(),
+        "old chunks must be removed"
     );
 }
 

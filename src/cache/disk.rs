@@ -1,28 +1,23 @@
-//! SSD tier: one file per chunk under `<cache-dir>/chunks-v1/<xx>/`, byte-budgeted LRU.
+//! SSD tier: one file per chunk under `<cache-dir>/chunks-v2/<xx>/`, byte-budgeted LRU.
 //!
-//! Format (version 1), little-endian, a 64-byte header then the chunk's bytes:
+//! Format (version 2): a chunk file holds exactly the chunk's bytes, nothing else, and is
+//! named `<file key, 32 hex>-<chunk index, hex>-<length, hex>-<xxh3-64 of the data, 16 hex>`.
+//! The file key is the xxh3-128 of path, size, mtime and chunk size (`ChunkCache::file`).
 //!
-//! | bytes  | field                                                  |
-//! |--------|--------------------------------------------------------|
-//! | 0..8   | magic `BICHUNK1`                                        |
-//! | 8..12  | format version (1)                                     |
-//! | 12..16 | data length                                            |
-//! | 16..32 | file key (xxh3-128 of path, size, mtime, chunk size)   |
-//! | 32..40 | chunk index                                            |
-//! | 40..48 | reserved (0)                                           |
-//! | 48..56 | xxh3-64 of the data                                    |
-//! | 56..64 | xxh3-64 of bytes 0..56                                 |
-//!
-//! A chunk becomes visible only by `rename` of a complete temporary file, and every read
-//! re-verifies the header and checksum, so a crash or a flipped bit can cost a refetch but
-//! never a wrong byte. The file name repeats key, index and length so that the index is
-//! rebuilt at mount from directory listings alone, without opening or stat-ing each file.
+//! Keeping the bytes at their natural offsets is what lets the kernel read a file held
+//! whole in one chunk straight from its cache file (FUSE passthrough, see `fs.rs`); the
+//! name carries what a header would. A chunk becomes visible only by `rename` of a
+//! complete temporary file, and every read through the daemon re-checks length and
+//! checksum against the name, so a crash or a flipped bit can cost a refetch but never a
+//! wrong byte. A copy of another chunk's file under this name fails the checksum too.
+//! The index is rebuilt at mount from directory listings alone, without opening or
+//! stat-ing each file.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -37,74 +32,88 @@ use super::lru::PinLru;
 use crate::buf::Buf;
 use crate::stats::Stats;
 
-pub const FORMAT_VERSION: u32 = 1;
-pub const HEADER_LEN: usize = 64;
-const MAGIC: &[u8; 8] = b"BICHUNK1";
-const CHUNK_DIR: &str = "chunks-v1";
+pub const FORMAT_VERSION: u32 = 2;
+const CHUNK_DIR: &str = "chunks-v2";
+/// Chunk directories of earlier formats, removed when the format changes.
+const OLD_CHUNK_DIRS: &[&str] = &["chunks-v1"];
 const TMP_DIR: &str = "tmp";
 const FORMAT_FILE: &str = "FORMAT";
 const LOCK_FILE: &str = "lock";
 
-pub fn encode_header(key: &ChunkKey, data: &[u8]) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[0..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&(data.len() as u32).to_le_bytes());
-    h[16..32].copy_from_slice(&key.file.to_le_bytes());
-    h[32..40].copy_from_slice(&key.index.to_le_bytes());
-    h[48..56].copy_from_slice(&xxh3_64(data).to_le_bytes());
-    let hc = xxh3_64(&h[0..56]);
-    h[56..64].copy_from_slice(&hc.to_le_bytes());
-    h
-}
-
-/// Checks a header and the data that followed it against the chunk we expected.
-pub fn verify(header: &[u8], key: &ChunkKey, data: &[u8]) -> Result<(), &'static str> {
-    if header.len() != HEADER_LEN {
-        return Err("short header");
+/// Checks a chunk's bytes against the length and checksum its file name promises.
+pub fn verify(entry: &Entry, data: &[u8]) -> Result<(), &'static str> {
+    if data.len() != entry.len {
+        return Err("wrong length");
     }
-    if &header[0..8] != MAGIC {
-        return Err("bad magic");
-    }
-    if xxh3_64(&header[0..56]).to_le_bytes() != header[56..64] {
-        return Err("header checksum mismatch");
-    }
-    if u32::from_le_bytes(header[8..12].try_into().unwrap()) != FORMAT_VERSION {
-        return Err("unknown format version");
-    }
-    if u32::from_le_bytes(header[12..16].try_into().unwrap()) as usize != data.len() {
-        return Err("length mismatch");
-    }
-    if u128::from_le_bytes(header[16..32].try_into().unwrap()) != key.file
-        || u64::from_le_bytes(header[32..40].try_into().unwrap()) != key.index
-    {
-        return Err("key mismatch");
-    }
-    if xxh3_64(data).to_le_bytes() != header[48..56] {
+    if xxh3_64(data) != entry.sum {
         return Err("data checksum mismatch");
     }
     Ok(())
 }
 
-fn file_name(key: &ChunkKey, len: usize) -> String {
-    format!("{:032x}-{:x}-{:x}", key.file, key.index, len)
+fn file_name(key: &ChunkKey, entry: &Entry) -> String {
+    format!(
+        "{:032x}-{:x}-{:x}-{:016x}",
+        key.file, key.index, entry.len, entry.sum
+    )
 }
 
-fn parse_file_name(name: &OsStr) -> Option<(ChunkKey, usize)> {
+fn parse_file_name(name: &OsStr) -> Option<(ChunkKey, Entry)> {
     let name = name.to_str()?;
     let mut parts = name.split('-');
     let file = u128::from_str_radix(parts.next().filter(|p| p.len() == 32)?, 16).ok()?;
     let index = u64::from_str_radix(parts.next()?, 16).ok()?;
     let len = usize::from_str_radix(parts.next()?, 16).ok()?;
+    let sum = u64::from_str_radix(parts.next().filter(|p| p.len() == 16)?, 16).ok()?;
     if parts.next().is_some() || len > (64 << 20) {
         return None;
     }
-    Some((ChunkKey { file, index }, len))
+    Some((ChunkKey { file, index }, Entry::new(len, sum)))
+}
+
+/// What the index knows of one chunk file: its name's promises, and whether this daemon
+/// has checked the file for passthrough (and which file it checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    len: usize,
+    sum: u64,
+    verified: Option<FileStamp>,
+}
+
+impl Entry {
+    fn new(len: usize, sum: u64) -> Entry {
+        Entry {
+            len,
+            sum,
+            verified: None,
+        }
+    }
+}
+
+/// Identifies one state of one file: any write to it changes the ctime, and a replaced
+/// file has another inode. Used to skip re-hashing a passthrough file checked before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl FileStamp {
+    fn of(m: &fs::Metadata) -> FileStamp {
+        FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
+        }
+    }
 }
 
 struct Index {
-    /// Chunks on disk; the cost of each is the bytes its file takes (header + data).
-    lru: PinLru<ChunkKey, ()>,
+    /// Chunks on disk; the cost of each is its length.
+    lru: PinLru<ChunkKey, Entry>,
     /// Space reserved by writes under way (not yet in `lru`).
     reserved: u64,
 }
@@ -183,10 +192,10 @@ impl DiskTier {
         Ok(tier)
     }
 
-    fn path_of(&self, key: &ChunkKey, len: usize) -> PathBuf {
+    fn path_of(&self, key: &ChunkKey, entry: &Entry) -> PathBuf {
         self.chunks
             .join(format!("{:02x}", key.file as u8))
-            .join(file_name(key, len))
+            .join(file_name(key, entry))
     }
 
     /// Lists the chunk files; the file names carry everything the index needs. Files that
@@ -201,7 +210,7 @@ impl DiskTier {
             };
             for e in entries.flatten() {
                 match parse_file_name(&e.file_name()) {
-                    Some((key, len)) if key.file as u8 == b as u8 => found.push((key, len)),
+                    Some((key, entry)) if key.file as u8 == b as u8 => found.push((key, entry)),
                     _ => {
                         let _ = fs::remove_file(e.path());
                     }
@@ -211,18 +220,18 @@ impl DiskTier {
         let mut over = Vec::new();
         {
             let mut idx = self.index.lock();
-            for (key, len) in found {
-                let size = (HEADER_LEN + len) as u64;
+            for (key, entry) in found {
+                let size = entry.len as u64;
                 if idx.used() + size > self.capacity {
-                    over.push((key, len));
+                    over.push((key, entry));
                     continue;
                 }
-                idx.lru.insert_unchecked(key, (), size, false);
+                idx.lru.insert_unchecked(key, entry, size, false);
             }
             self.stats.disk_bytes.store(idx.used(), Relaxed);
         }
-        for (key, len) in &over {
-            let _ = fs::remove_file(self.path_of(key, *len));
+        for (key, entry) in &over {
+            let _ = fs::remove_file(self.path_of(key, entry));
         }
         let idx = self.index.lock();
         info!(
@@ -258,47 +267,95 @@ impl DiskTier {
     /// Reads and verifies a chunk of `len` bytes. Anything wrong with the file drops it
     /// from the tier (counted as corrupt) and reports a miss.
     pub fn get(&self, key: &ChunkKey, len: usize) -> Option<Buf> {
-        // Marks the chunk recently used; a key not in the index is a plain miss.
-        self.index.lock().lru.get(key)?;
-        let path = self.path_of(key, len);
-        let file = match File::open(&path) {
-            Ok(f) => f,
+        let entry = self.lookup(key, len)?;
+        let path = self.path_of(key, &entry);
+        let file = self.open_chunk(key, &entry, &path)?;
+        self.read_verified(key, &entry, &path, &file)
+    }
+
+    /// Opens a chunk's file for the kernel to read directly (FUSE passthrough). Its bytes
+    /// are hashed on the first open and again whenever the file changed since (another
+    /// inode or ctime), so a damaged file is dropped here like in `get`, before any reader
+    /// could see it.
+    /// The bytes come along when they were read for that check.
+    pub fn open_for_passthrough(&self, key: &ChunkKey, len: usize) -> Option<(File, Option<Buf>)> {
+        let entry = self.lookup(key, len)?;
+        let path = self.path_of(key, &entry);
+        let file = self.open_chunk(key, &entry, &path)?;
+        let stamp = match file.metadata() {
+            Ok(m) if m.len() == len as u64 => FileStamp::of(&m),
+            Ok(m) => {
+                warn!(path = %path.display(), got = m.len(), want = len,
+                      "corrupt chunk dropped: wrong file length");
+                self.forget(key, &entry, true);
+                return None;
+            }
+            Err(e) => {
+                warn!(path = %path.display(), "SSD tier stat failed, chunk dropped: {e}");
+                self.forget(key, &entry, true);
+                return None;
+            }
+        };
+        if entry.verified == Some(stamp) {
+            return Some((file, None));
+        }
+        let data = self.read_verified(key, &entry, &path, &file)?;
+        if let Some(e) = self.index.lock().lru.get_mut(key) {
+            e.verified = Some(stamp);
+        }
+        Some((file, Some(data)))
+    }
+
+    /// The index entry of a chunk of `len` bytes, marked recently used. A key not in the
+    /// index is a plain miss.
+    fn lookup(&self, key: &ChunkKey, len: usize) -> Option<Entry> {
+        let entry = *self.index.lock().lru.get(key)?;
+        if entry.len != len {
+            // Cannot happen for the key's own file version; treat it as damage.
+            self.forget(key, &entry, true);
+            return None;
+        }
+        Some(entry)
+    }
+
+    fn open_chunk(&self, key: &ChunkKey, entry: &Entry, path: &Path) -> Option<File> {
+        match File::open(path) {
+            Ok(f) => Some(f),
             Err(e) => {
                 // Evicted between the index look-up and the open: an ordinary miss.
                 if e.kind() != io::ErrorKind::NotFound {
                     warn!(path = %path.display(), "SSD tier read failed: {e}");
                 }
-                self.forget(key, len, e.kind() != io::ErrorKind::NotFound);
-                return None;
-            }
-        };
-        let mut header = [0u8; HEADER_LEN];
-        let mut data = Buf::zeroed(len);
-        let mut extra = [0u8; 1];
-        match preadv_exact(&file, &mut [&mut header, &mut data, &mut extra]) {
-            Ok(n) if n == HEADER_LEN + len => match verify(&header, key, &data) {
-                Ok(()) => Some(data),
-                Err(why) => {
-                    warn!(path = %path.display(), "corrupt chunk dropped: {why}");
-                    self.forget(key, len, true);
-                    None
-                }
-            },
-            Ok(n) => {
-                warn!(path = %path.display(), got = n, want = HEADER_LEN + len,
-                      "corrupt chunk dropped: wrong file length");
-                self.forget(key, len, true);
-                None
-            }
-            Err(e) => {
-                warn!(path = %path.display(), "SSD tier read failed, chunk dropped: {e}");
-                self.forget(key, len, true);
+                self.forget(key, entry, e.kind() != io::ErrorKind::NotFound);
                 None
             }
         }
     }
 
-    fn forget(&self, key: &ChunkKey, len: usize, corrupt: bool) {
+    fn read_verified(
+        &self,
+        key: &ChunkKey,
+        entry: &Entry,
+        path: &Path,
+        file: &File,
+    ) -> Option<Buf> {
+        let mut data = Buf::zeroed(entry.len);
+        // One byte more than expected: a file that grew is as wrong as one that shrank.
+        let mut extra = [0u8; 1];
+        let why = match preadv_exact(file, &mut [&mut data, &mut extra]) {
+            Ok(n) if n == entry.len => match verify(entry, &data) {
+                Ok(()) => return Some(data),
+                Err(why) => why.to_string(),
+            },
+            Ok(n) => format!("wrong file length {n}, want {}", entry.len),
+            Err(e) => format!("read failed: {e}"),
+        };
+        warn!(path = %path.display(), "corrupt chunk dropped: {why}");
+        self.forget(key, entry, true);
+        None
+    }
+
+    fn forget(&self, key: &ChunkKey, entry: &Entry, corrupt: bool) {
         {
             let mut idx = self.index.lock();
             if idx.lru.remove(key).is_some() {
@@ -311,14 +368,14 @@ impl DiskTier {
         if corrupt {
             self.stats.disk_corrupt.fetch_add(1, Relaxed);
         }
-        let _ = fs::remove_file(self.path_of(key, len));
+        let _ = fs::remove_file(self.path_of(key, entry));
     }
 
     /// Stores a chunk (called from the write-back thread, never on a reader's path).
     /// Space is reserved first, evicting least-recently-used unpinned chunks, so the bytes
     /// under the cache dir never exceed the budget by more than the writes under way.
     pub fn put(&self, key: &ChunkKey, data: &[u8], pin: bool) {
-        let size = (HEADER_LEN + data.len()) as u64;
+        let size = data.len() as u64;
         let mut victims = Vec::new();
         {
             let mut idx = self.index.lock();
@@ -336,12 +393,13 @@ impl DiskTier {
             self.stats.disk_bytes.store(idx.used(), Relaxed);
         }
         self.unlink_victims(victims);
-        let result = self.write_file(key, data);
+        let entry = Entry::new(data.len(), xxh3_64(data));
+        let result = self.write_file(key, &entry, data);
         let mut idx = self.index.lock();
         idx.reserved -= size;
         match result {
             Ok(()) => {
-                idx.lru.insert_unchecked(*key, (), size, pin);
+                idx.lru.insert_unchecked(*key, entry, size, pin);
                 self.stats.disk_bytes.store(idx.used(), Relaxed);
                 self.stats
                     .disk_pinned_bytes
@@ -366,14 +424,14 @@ impl DiskTier {
         }
     }
 
-    fn unlink_victims(&self, victims: Vec<(ChunkKey, (), u64)>) {
-        for (k, _, size) in victims {
-            let _ = fs::remove_file(self.path_of(&k, size as usize - HEADER_LEN));
+    fn unlink_victims(&self, victims: Vec<(ChunkKey, Entry, u64)>) {
+        for (k, entry, _) in victims {
+            let _ = fs::remove_file(self.path_of(&k, &entry));
             self.stats.disk_evictions.fetch_add(1, Relaxed);
         }
     }
 
-    fn write_file(&self, key: &ChunkKey, data: &[u8]) -> io::Result<()> {
+    fn write_file(&self, key: &ChunkKey, entry: &Entry, data: &[u8]) -> io::Result<()> {
         let tmp = self
             .tmp
             .join(format!("{}.tmp", self.tmp_seq.fetch_add(1, Relaxed)));
@@ -383,10 +441,8 @@ impl DiskTier {
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            let header = encode_header(key, data);
-            f.write_all(&header)?;
             f.write_all(data)?;
-            fs::rename(&tmp, self.path_of(key, data.len()))
+            fs::rename(&tmp, self.path_of(key, entry))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -477,13 +533,17 @@ fn check_format(dir: &Path, chunks: &Path) -> Result<(), String> {
         Ok(s) => {
             warn!(
                 found = s.trim(),
-                "cache dir {} has an unknown format; clearing it",
+                "cache dir {} has another format version; clearing it",
                 dir.display()
             );
             let _ = fs::remove_dir_all(chunks);
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    // Chunks of an earlier format are never read again: free their space.
+    for old in OLD_CHUNK_DIRS {
+        let _ = fs::remove_dir_all(dir.join(old));
     }
     let mut f = OpenOptions::new()
         .write(true)
@@ -500,44 +560,28 @@ fn check_format(dir: &Path, chunks: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    const GOLDEN_CHECKSUMS: &str = "fddc625c55e85595b65c5c34cbd9ba4d";
-
     #[test]
-    fn golden_header_bytes() {
-        // Pins format version 1: if this changes, bump FORMAT_VERSION.
+    fn golden_file_name() {
+        // Pins format version 2: if this changes, bump FORMAT_VERSION.
         let key = ChunkKey {
             file: 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
             index: 3,
         };
-        let h = encode_header(&key, b"hello");
-        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(&hex[..32], "42494348554e4b310100000005000000");
+        let entry = Entry::new(5, xxh3_64(b"hello"));
+        // The checksum too: a change of hash function shows here.
         assert_eq!(
-            &hex[32..96],
-            "100f0e0d0c0b0a09080706050403020103000000000000000000000000000000",
+            file_name(&key, &entry),
+            "0102030405060708090a0b0c0d0e0f10-3-5-9555e8555c62dcfd"
         );
-        assert_eq!(
-            &hex[96..112],
-            format!("{:016x}", xxh3_64(b"hello").swap_bytes())
-        );
-        // The whole header, checksums included: a change of hash function shows here too.
-        assert_eq!(&hex[96..], GOLDEN_CHECKSUMS);
-        assert!(verify(&h, &key, b"hello").is_ok());
+        assert!(verify(&entry, b"hello").is_ok());
     }
 
     #[test]
     fn verify_rejects_damage() {
-        let key = ChunkKey { file: 9, index: 1 };
-        let h = encode_header(&key, b"abcdef");
-        assert_eq!(verify(&h, &key, b"abcdeF"), Err("data checksum mismatch"));
-        assert_eq!(verify(&h, &key, b"abcde"), Err("length mismatch"));
-        let other = ChunkKey { file: 9, index: 2 };
-        assert_eq!(verify(&h, &other, b"abcdef"), Err("key mismatch"));
-        for i in 0..HEADER_LEN {
-            let mut bad = h;
-            bad[i] ^= 0x40;
-            assert!(verify(&bad, &key, b"abcdef").is_err(), "flip at {i}");
-        }
+        let entry = Entry::new(6, xxh3_64(b"abcdef"));
+        assert_eq!(verify(&entry, b"abcdeF"), Err("data checksum mismatch"));
+        assert_eq!(verify(&entry, b"abcde"), Err("wrong length"));
+        assert_eq!(verify(&entry, b"abcdefg"), Err("wrong length"));
     }
 
     #[test]
@@ -546,17 +590,28 @@ mod tests {
             file: u128::MAX - 5,
             index: 77,
         };
-        let name = file_name(&key, 4096);
-        assert_eq!(parse_file_name(OsStr::new(&name)), Some((key, 4096)));
-        for bad in ["", "x", "0-1-2", "zz", &format!("{name}-1"), "lock"] {
+        let entry = Entry::new(4096, u64::MAX - 9);
+        let name = file_name(&key, &entry);
+        assert_eq!(parse_file_name(OsStr::new(&name)), Some((key, entry)));
+        let short_sum = name.rsplit_once('-').unwrap().0.to_string() + "-abc";
+        for bad in [
+            "",
+            "x",
+            "0-1-2",
+            "zz",
+            &format!("{name}-1"),
+            "lock",
+            &short_sum,
+            // A version 1 name (no checksum).
+            "0102030405060708090a0b0c0d0e0f10-3-5",
+        ] {
             assert_eq!(parse_file_name(OsStr::new(bad)), None, "{bad}");
         }
     }
 
-    /// Property: arbitrary bytes as header and data never panic the verifier, and a valid
-    /// chunk with any single byte changed (header or data) is always rejected.
+    /// Property: a chunk with any single byte changed, or any length changed, is rejected.
     #[test]
-    fn verify_is_total_and_catches_every_single_byte_change() {
+    fn verify_catches_every_single_byte_change() {
         let mut state = 0x1234_5678_9abc_def0u64;
         let mut next = || {
             state ^= state << 13;
@@ -564,27 +619,18 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let key = ChunkKey { file: 77, index: 5 };
-        for _ in 0..20_000 {
-            let hl = (next() % 80) as usize;
-            let dl = (next() % 64) as usize;
-            let header: Vec<u8> = (0..hl).map(|_| next() as u8).collect();
-            let data: Vec<u8> = (0..dl).map(|_| next() as u8).collect();
-            assert!(verify(&header, &key, &data).is_err());
-        }
         let data: Vec<u8> = (0..4096).map(|_| next() as u8).collect();
-        let header = encode_header(&key, &data);
-        for _ in 0..5_000 {
-            let mut h = header;
+        let entry = Entry::new(data.len(), xxh3_64(&data));
+        for _ in 0..20_000 {
             let mut d = data.clone();
-            let pos = (next() % (HEADER_LEN + d.len()) as u64) as usize;
-            let flip = (next() % 255 + 1) as u8;
-            if pos < HEADER_LEN {
-                h[pos] ^= flip;
-            } else {
-                d[pos - HEADER_LEN] ^= flip;
-            }
-            assert!(verify(&h, &key, &d).is_err(), "change at {pos} accepted");
+            let pos = (next() % d.len() as u64) as usize;
+            d[pos] ^= (next() % 255 + 1) as u8;
+            assert!(verify(&entry, &d).is_err(), "change at {pos} accepted");
+            let cut = (next() % d.len() as u64) as usize;
+            assert!(
+                verify(&entry, &data[..cut]).is_err(),
+                "cut at {cut} accepted"
+            );
         }
     }
 

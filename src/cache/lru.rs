@@ -57,6 +57,19 @@ impl<K: Hash + Eq + Clone, V> PinLru<K, V> {
         self.normal.get(k).map(|(v, _)| v)
     }
 
+    /// Looks up and marks as recently used, for changing the value in place.
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        if let Some((v, _)) = self.pinned.get_mut(k) {
+            return Some(v);
+        }
+        self.normal.get_mut(k).map(|(v, _)| v)
+    }
+
+    /// Whether `cost` more bytes fit without evicting anything.
+    pub fn has_room(&self, cost: u64) -> bool {
+        self.bytes() + cost <= self.capacity
+    }
+
     pub fn contains(&self, k: &K) -> bool {
         self.pinned.contains(k) || self.normal.contains(k)
     }

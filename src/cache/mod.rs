@@ -249,6 +249,38 @@ impl ChunkCache {
         }
     }
 
+    /// The SSD tier's file of a file held whole in one chunk, verified, for the kernel to
+    /// read directly (FUSE passthrough). None when the file spans several chunks, is empty,
+    /// is in the RAM tier, or is not (or no longer) on the SSD tier: such files are read
+    /// through `read`.
+    pub fn whole_file_on_disk(&self, file: &CachedFile) -> Option<std::fs::File> {
+        let size = file.version.size;
+        if size == 0 || size > self.chunk_size {
+            return None;
+        }
+        let key = ChunkKey {
+            file: file.key,
+            index: 0,
+        };
+        // Measured: served from the RAM tier through the daemon beats the kernel reading
+        // the SSD file (docs/TUNING.md), so passthrough is for what RAM doesn't hold.
+        if self.ram.contains(&key) {
+            return None;
+        }
+        let (f, read) = self
+            .disk
+            .as_ref()?
+            .open_for_passthrough(&key, size as usize)?;
+        if let Some(data) = read {
+            // Read anyway to check it (first open after a mount): keep it where RAM is
+            // free, so the RAM tier warms up even though passthrough reads bypass it.
+            self.ram.insert_if_room(key, Arc::new(data));
+        }
+        // The reads that follow never reach the daemon: this open is the file's one hit.
+        self.stats.disk_hits.fetch_add(1, Relaxed);
+        Some(f)
+    }
+
     fn chunk_len(&self, file: &CachedFile, index: u64) -> usize {
         let start = index * self.chunk_size;
         (file.version.size.saturating_sub(start)).min(self.chunk_size) as usize
@@ -369,7 +401,7 @@ impl ChunkCache {
         }
         // Room for what is missing: in the pinned area when pinning, else in the capacity
         // tier as a whole (prefetching more than fits would only churn the LRU).
-        let per_chunk = disk::HEADER_LEN as u64 + ram::CHUNK_OVERHEAD;
+        let per_chunk = ram::CHUNK_OVERHEAD;
         let need = missing
             .iter()
             .map(|&i| self.chunk_len(file, i) as u64 + per_chunk)

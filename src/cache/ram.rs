@@ -61,6 +61,18 @@ impl RamTier {
             .sum()
     }
 
+    /// Inserts only into free room, evicting nothing: for chunks that are merely nice to
+    /// have in RAM (read for another reason), which must not push out anything in use.
+    pub fn insert_if_room(&self, key: ChunkKey, chunk: Chunk) {
+        let need = cost(&chunk);
+        let mut shard = self.shard(&key).lock();
+        if shard.contains(&key) || !shard.has_room(need) {
+            return;
+        }
+        shard.insert_unchecked(key, chunk, need, false);
+        self.stats.ram_bytes.fetch_add(need, Relaxed);
+    }
+
     /// Inserts, evicting least-recently-used unpinned chunks of the same shard until it
     /// fits. A chunk that cannot fit is not kept at all (the budget is a hard limit).
     pub fn insert(&self, key: ChunkKey, chunk: Chunk, pin: bool) {

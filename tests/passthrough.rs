@@ -1,0 +1,310 @@
+//! FUSE passthrough: files held whole on the SSD tier are read by the kernel straight
+//! from their cache files. The bytes must be right whatever the tier holds, damaged cache
+//! files must be caught before the kernel reads them, and the kernel's rule (all opens of
+//! an inode in one mode) must never surface as EIO.
+
+mod common;
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A file of the source: relative path and contents.
+type SourceFile = (String, Vec<u8>);
+
+/// Small files (one chunk each at 1 MiB chunks) plus one file spanning several chunks.
+fn dataset(s: &Scratch) -> (Vec<SourceFile>, SourceFile) {
+    let small = (0..24)
+        .map(|i| {
+            let rel = format!("c{}/s{i}.bin", i % 4);
+            let data = s.file(&rel, 1 + i * 37_000, 100 + i as u64);
+            (rel, data)
+        })
+        .collect();
+    let big = (
+        "big.bin".to_string(),
+        s.file("big.bin", 3 << 20 | 12_345, 7),
+    );
+    (small, big)
+}
+
+fn read_all(mp: &Path, files: &[SourceFile]) {
+    for (rel, want) in files {
+        let got = fs::read(mp.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
+        assert_bytes_eq(&got, want, rel);
+    }
+}
+
+fn passthrough_on(st: &serde_json::Value) -> bool {
+    st["passthrough"]["enabled"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("no passthrough.enabled: {st}"))
+}
+
+/// SSD-tier chunk files, sorted.
+fn chunk_files(cache: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = regular_files(&cache.join("chunks-v2"))
+        .into_iter()
+        .map(|p| cache.join("chunks-v2").join(p))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Fills the SSD tier: a cold read, then a clean unmount (which drains the write-back).
+fn fill_ssd(s: &Scratch, args: &[&str], files: &[SourceFile]) {
+    let m = s.mount(args);
+    read_all(&m.mountpoint, files);
+}
+
+const SMALL_RAM: [&str; 6] = ["--ram", "1MiB", "--disk", "256MiB", "--chunk-size", "1MiB"];
+
+#[test]
+fn whole_cached_files_are_read_by_the_kernel_with_right_bytes() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let (small, big) = dataset(&s);
+    fill_ssd(&s, &SMALL_RAM, &small);
+
+    let m = s.mount(&SMALL_RAM);
+    drop_caches();
+    read_all(&m.mountpoint, &small);
+    let st = m.stats();
+    assert!(passthrough_on(&st), "{st}");
+    assert_eq!(
+        stat(&st, "passthrough.opens"),
+        small.len() as u64,
+        "every small file should be opened in passthrough: {st}"
+    );
+    assert_eq!(stat(&st, "source.bytes"), 0, "{st}");
+    assert_eq!(
+        stat(&st, "ram.hits") + stat(&st, "ram.misses"),
+        0,
+        "passthrough reads must not reach the daemon: {st}"
+    );
+
+    // Positioned reads, reads across and past the end, and mmap, on passthrough files.
+    let mut rng = XorShift::new(5);
+    for (rel, want) in &small {
+        let f = File::open(m.mountpoint.join(rel)).unwrap();
+        for _ in 0..20 {
+            let off = rng.below(want.len() as u64 + 10);
+            let len = 1 + rng.below(70_000) as usize;
+            let mut buf = vec![0u8; len];
+            let n = read_full_at(&f, &mut buf, off).unwrap();
+            let lo = (off as usize).min(want.len());
+            let hi = (lo + len).min(want.len());
+            assert_bytes_eq(&buf[..n], &want[lo..hi], &format!("{rel} at {off}+{len}"));
+        }
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                want.len(),
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED, "mmap {rel}");
+        let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, want.len()) };
+        assert_bytes_eq(mapped, want, &format!("{rel} via mmap"));
+        unsafe { libc::munmap(map, want.len()) };
+    }
+
+    // A file of several chunks is never passthrough: read through the daemon, bytes right.
+    let before = stat(&m.stats(), "passthrough.opens");
+    read_all(&m.mountpoint, std::slice::from_ref(&big));
+    assert_eq!(stat(&m.stats(), "passthrough.opens"), before);
+}
+
+#[test]
+fn passthrough_warms_the_ram_tier_and_ram_comes_first() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let (small, _) = dataset(&s);
+    let args = ["--ram", "64MiB", "--disk", "256MiB"];
+    fill_ssd(&s, &args, &small);
+
+    let m = s.mount(&args);
+    drop_caches();
+    read_all(&m.mountpoint, &small);
+    let first = m.stats();
+    assert_eq!(
+        stat(&first, "passthrough.opens"),
+        small.len() as u64,
+        "{first}"
+    );
+    // The check of each file at its first passthrough open put its bytes in free RAM,
+    // and the RAM tier is preferred to the SSD: the next pass is served from RAM.
+    drop_caches();
+    read_all(&m.mountpoint, &small);
+    let second = m.stats();
+    assert_eq!(
+        stat(&second, "passthrough.opens"),
+        small.len() as u64,
+        "{second}"
+    );
+    assert!(
+        stat(&second, "ram.hits") >= small.len() as u64,
+        "second pass should hit RAM: {second}"
+    );
+    assert_eq!(stat(&second, "source.bytes"), 0, "{second}");
+}
+
+#[test]
+fn damaged_cache_files_are_caught_before_the_kernel_reads_them() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let (small, _) = dataset(&s);
+    fill_ssd(&s, &SMALL_RAM, &small);
+
+    // Between mounts: a flipped byte, a truncated file, a file grown by one byte.
+    let files = chunk_files(&s.cache);
+    assert_eq!(files.len(), small.len(), "{files:?}");
+    let victims: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| fs::metadata(p).unwrap().len() > 10)
+        .collect();
+    let flip = |p: &Path, at: u64| {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+    };
+    flip(victims[0], 3);
+    let len = fs::metadata(victims[1]).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(victims[1])
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut fs::OpenOptions::new()
+            .append(true)
+            .open(victims[2])
+            .unwrap(),
+        b"x",
+    )
+    .unwrap();
+
+    let m = s.mount(&SMALL_RAM);
+    drop_caches();
+    read_all(&m.mountpoint, &small);
+    let st = m.settle();
+    assert_eq!(stat(&st, "disk.corrupt"), 3, "{st}");
+    assert_eq!(
+        stat(&st, "passthrough.opens"),
+        small.len() as u64 - 3,
+        "damaged files must be read through the daemon: {st}"
+    );
+
+    // While mounted, after the files were checked: damage one in place. Its ctime changes,
+    // so the next open checks it again. The largest file: too large for the RAM tier,
+    // which would otherwise serve it first.
+    let target = chunk_files(&s.cache)
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    flip(&target, 7);
+    drop_caches();
+    read_all(&m.mountpoint, &small);
+    let st = m.stats();
+    assert_eq!(stat(&st, "disk.corrupt"), 4, "{st}");
+}
+
+#[test]
+fn opens_of_one_file_share_one_mode_and_never_fail() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    // Larger than the 1 MiB budget's RAM tier can hold, so the SSD tier serves it.
+    let want = s.file("a.bin", 900_000, 42);
+    let m = s.mount(&SMALL_RAM);
+    let path = m.mountpoint.join("a.bin");
+    let check = |f: &File, what: &str| {
+        let mut got = vec![0u8; want.len() + 1];
+        let n = read_full_at(f, &mut got, 0).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_bytes_eq(&got[..n], &want, what);
+    };
+
+    // Opened while not yet cached: read through the daemon. Once the SSD tier has it, a
+    // second open of the same inode must still be served the same way (no EIO).
+    let held = File::open(&path).unwrap();
+    check(&held, "first open");
+    m.settle();
+    let second = File::open(&path).unwrap_or_else(|e| panic!("second open: {e}"));
+    check(&second, "second open, first still held");
+    assert_eq!(stat(&m.stats(), "passthrough.opens"), 0);
+    drop(held);
+    drop(second);
+
+    // All closed: a next open may switch to passthrough (once the kernel's RELEASE of the
+    // earlier opens, sent after close returns, has arrived); opens meanwhile share it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let pt = loop {
+        let f = File::open(&path).unwrap();
+        check(&f, "open after all were closed");
+        if stat(&m.stats(), "passthrough.opens") == 1 {
+            break f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never switched to passthrough"
+        );
+        drop(f);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let shared = File::open(&path).unwrap_or_else(|e| panic!("open while passthrough: {e}"));
+    check(&shared, "open sharing the backing file");
+    drop(pt);
+    check(&shared, "after the first passthrough open closed");
+    drop(shared);
+
+    // Many threads opening, reading and closing the same file at once.
+    std::thread::scope(|scope| {
+        for t in 0..6 {
+            let path = &path;
+            let check = &check;
+            scope.spawn(move || {
+                for i in 0..150 {
+                    let f = File::open(path).unwrap_or_else(|e| panic!("thread {t} open {i}: {e}"));
+                    check(&f, &format!("thread {t} read {i}"));
+                }
+            });
+        }
+    });
+    assert!(stat(&m.stats(), "passthrough.opens") >= 2);
+}
+
+#[test]
+fn passthrough_off_reads_through_the_daemon() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let (small, _) = dataset(&s);
+    let args = [&SMALL_RAM[..], &["--passthrough", "off"]].concat();
+    fill_ssd(&s, &args, &small);
+    let m = s.mount(&args);
+    drop_caches();
+    read_all(&m.mountpoint, &small);
+    let st = m.stats();
+    assert!(!passthrough_on(&st), "{st}");
+    assert_eq!(stat(&st, "passthrough.opens"), 0, "{st}");
+    assert!(stat(&st, "disk.hits") >= small.len() as u64, "{st}");
+}
