@@ -211,6 +211,9 @@ impl BicacheFs {
         if io.opens > 1 {
             // Another open raced ahead or is still open: share its mode. A passthrough open
             // serves the version first opened until every open of the inode is released.
+            if io.backing.is_some() {
+                self.stats.passthrough_opens.fetch_add(1, Relaxed);
+            }
             return io.backing.clone();
         }
         let cache_file = candidate?;

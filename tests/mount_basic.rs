@@ -17,9 +17,14 @@ use common::*;
 const CHUNK: usize = 256 * 1024;
 const CHUNK_ARG: &str = "256KiB";
 
+/// A RAM budget, a 64 MiB SSD tier and the small chunk size most tests here use.
+fn budgets(ram: &str) -> [&str; 6] {
+    ["--ram", ram, "--disk", "64MiB", "--chunk-size", CHUNK_ARG]
+}
+
 /// Whole-file comparison of `files` (relative path, expected content)
 /// through the mount; `bufsize` None means `fs::read`.
-fn check_files(m: &Mount, files: &[(String, Vec<u8>)], bufsize: Option<usize>, phase: &str) {
+fn check_files(m: &Mount, files: &[SourceFile], bufsize: Option<usize>, phase: &str) {
     for (rel, want) in files {
         let p = m.path(rel);
         let md = fs::metadata(&p).unwrap_or_else(|e| panic!("{phase}: stat {rel}: {e}"));
@@ -47,20 +52,13 @@ fn byte_exact_reads_cold_warm_and_after_remount() {
         ("five_and_a_half_chunks", CHUNK * 11 / 2),
         ("bigger_than_ram.bin", 10 * MIB as usize),
     ];
-    let files: Vec<(String, Vec<u8>)> = spec
+    let files: Vec<SourceFile> = spec
         .iter()
         .enumerate()
         .map(|(i, (name, size))| (name.to_string(), s.file(name, *size, 1000 + i as u64)))
         .collect();
 
-    let mut m = s.mount(&[
-        "--ram",
-        "4MiB",
-        "--disk",
-        "64MiB",
-        "--chunk-size",
-        CHUNK_ARG,
-    ]);
+    let mut m = s.mount(&budgets("4MiB"));
     let st = m.stats();
     assert_eq!(stat(&st, "chunk_size"), CHUNK as u64, "chunk_size in stats");
     assert_eq!(stat(&st, "ram.capacity"), 4 * MIB, "ram.capacity in stats");
@@ -91,7 +89,7 @@ fn metadata_symlinks_hardlinks_and_listings_match_source() {
     }
     let s = Scratch::new();
     let src = s.src.clone();
-    let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut contents: Vec<SourceFile> = Vec::new();
     let mut add = |rel: &str, size: usize, seed: u64, mode: u32| {
         let d = s.file(rel, size, seed);
         fs::set_permissions(src.join(rel), fs::Permissions::from_mode(mode)).unwrap();
@@ -452,7 +450,7 @@ fn missing_cache_dir_is_created_mode_0700() {
 }
 
 /// A tree of a few MiB over several directories; returns (rel, content).
-fn build_tree(s: &Scratch, seed: u64) -> Vec<(String, Vec<u8>)> {
+fn build_tree(s: &Scratch, seed: u64) -> Vec<SourceFile> {
     let mut rng = XorShift::new(seed);
     let mut v = Vec::new();
     for i in 0..14 {
@@ -469,7 +467,7 @@ fn build_tree(s: &Scratch, seed: u64) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-fn read_all(m: &Mount, files: &[(String, Vec<u8>)], phase: &str) -> u64 {
+fn read_phase(m: &Mount, files: &[SourceFile], phase: &str) -> u64 {
     check_files(m, files, None, phase);
     files.iter().map(|f| f.1.len() as u64).sum()
 }
@@ -487,16 +485,9 @@ fn second_pass_is_served_from_cache() {
         .map(|f| (f.1.len() as u64).div_ceil(CHUNK as u64))
         .sum();
     assert!(total > 3 * MIB, "fixture too small: {total}");
-    let m = s.mount(&[
-        "--ram",
-        "64MiB",
-        "--disk",
-        "64MiB",
-        "--chunk-size",
-        CHUNK_ARG,
-    ]);
+    let m = s.mount(&budgets("64MiB"));
 
-    read_all(&m, &files, "first pass");
+    read_phase(&m, &files, "first pass");
     let s1 = m.settle();
     assert!(
         stat(&s1, "source.bytes") >= total,
@@ -509,7 +500,7 @@ fn second_pass_is_served_from_cache() {
     );
 
     drop_caches();
-    let read2 = read_all(&m, &files, "second pass");
+    let read2 = read_phase(&m, &files, "second pass");
     let s2 = m.settle();
     let pulled = stat(&s2, "source.bytes") - stat(&s1, "source.bytes");
     assert!(
@@ -533,15 +524,8 @@ fn disk_cache_persists_across_remount() {
     let s = Scratch::new();
     let files = build_tree(&s, 8);
     let total: u64 = files.iter().map(|f| f.1.len() as u64).sum();
-    let mut m = s.mount(&[
-        "--ram",
-        "1MiB",
-        "--disk",
-        "64MiB",
-        "--chunk-size",
-        CHUNK_ARG,
-    ]);
-    read_all(&m, &files, "first mount");
+    let mut m = s.mount(&budgets("1MiB"));
+    read_phase(&m, &files, "first mount");
     let s1 = m.settle();
     assert!(stat(&s1, "source.bytes") >= total, "cold pass: {s1}");
 
@@ -551,7 +535,7 @@ fn disk_cache_persists_across_remount() {
         "cache dir {} is empty after unmount",
         s.cache.display()
     );
-    read_all(&m, &files, "after remount");
+    read_phase(&m, &files, "after remount");
     let s2 = m.settle();
     let pulled = stat(&s2, "source.bytes");
     assert!(
@@ -574,24 +558,9 @@ fn changed_source_is_not_served_stale_after_remount() {
     let s = Scratch::new();
     let same = s.file("same_size.bin", 600 * 1024, 1);
     let grows = s.file("grows.bin", 300 * 1024, 2);
-    let mut m = s.mount(&[
-        "--ram",
-        "1MiB",
-        "--disk",
-        "64MiB",
-        "--chunk-size",
-        CHUNK_ARG,
-    ]);
-    assert_bytes_eq(
-        &fs::read(m.path("same_size.bin")).unwrap(),
-        &same,
-        "same_size.bin v1",
-    );
-    assert_bytes_eq(
-        &fs::read(m.path("grows.bin")).unwrap(),
-        &grows,
-        "grows.bin v1",
-    );
+    let mut m = s.mount(&budgets("1MiB"));
+    assert_file_eq(&m.path("same_size.bin"), &same, "same_size.bin v1");
+    assert_file_eq(&m.path("grows.bin"), &grows, "grows.bin v1");
     m.unmount();
 
     let old_mtime = fs::metadata(s.src.join("same_size.bin")).unwrap().mtime();
@@ -599,21 +568,14 @@ fn changed_source_is_not_served_stale_after_remount() {
     set_mtime(&s.src.join("same_size.bin"), old_mtime + 10, 5);
     let grows2 = s.file("grows.bin", 900 * 1024, 102);
 
-    let m2 = s.mount(&[
-        "--ram",
-        "1MiB",
-        "--disk",
-        "64MiB",
-        "--chunk-size",
-        CHUNK_ARG,
-    ]);
-    assert_bytes_eq(
-        &fs::read(m2.path("same_size.bin")).unwrap(),
+    let m2 = s.mount(&budgets("1MiB"));
+    assert_file_eq(
+        &m2.path("same_size.bin"),
         &same2,
         "same_size.bin rewritten (same size, new mtime) between mounts: stale cache?",
     );
-    assert_bytes_eq(
-        &fs::read(m2.path("grows.bin")).unwrap(),
+    assert_file_eq(
+        &m2.path("grows.bin"),
         &grows2,
         "grows.bin rewritten (bigger) between mounts: stale cache?",
     );
@@ -693,7 +655,7 @@ fn fusermount_u_unmounts_and_daemon_exits() {
     let s = Scratch::new();
     let data = s.file("f", 200_000, 3);
     let mut m = s.mount(&["--chunk-size", "64KiB"]);
-    assert_bytes_eq(&fs::read(m.path("f")).unwrap(), &data, "f");
+    assert_file_eq(&m.path("f"), &data, "f");
     let mut c = Command::new("fusermount3");
     c.arg("-u").arg(&m.mountpoint);
     let out = run_cmd(c, Duration::from_secs(20)).unwrap();
@@ -849,7 +811,7 @@ fn corrupted_disk_cache_is_detected_not_served() {
         CHUNK_ARG,
     ];
     let mut m = s.mount(&args);
-    read_all(&m, &files, "first mount");
+    read_phase(&m, &files, "first mount");
     m.unmount();
 
     // Flip bytes inside every cache file big enough to hold chunk data
@@ -875,7 +837,7 @@ fn corrupted_disk_cache_is_detected_not_served() {
     );
 
     let m2 = s.mount(&args);
-    read_all(&m2, &files, "after damaging the disk cache");
+    read_phase(&m2, &files, "after damaging the disk cache");
     let st = m2.settle();
     assert!(
         stat(&st, "disk.corrupt") > 0,

@@ -11,9 +11,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// A file of the source: relative path and contents.
-type SourceFile = (String, Vec<u8>);
-
 /// Small files (one chunk each at 1 MiB chunks) plus one file spanning several chunks.
 fn dataset(s: &Scratch) -> (Vec<SourceFile>, SourceFile) {
     let small = (0..24)
@@ -30,27 +27,10 @@ fn dataset(s: &Scratch) -> (Vec<SourceFile>, SourceFile) {
     (small, big)
 }
 
-fn read_all(mp: &Path, files: &[SourceFile]) {
-    for (rel, want) in files {
-        let got = fs::read(mp.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
-        assert_bytes_eq(&got, want, rel);
-    }
-}
-
 fn passthrough_on(st: &serde_json::Value) -> bool {
     st["passthrough"]["enabled"]
         .as_bool()
         .unwrap_or_else(|| panic!("no passthrough.enabled: {st}"))
-}
-
-/// SSD-tier chunk files, sorted.
-fn chunk_files(cache: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = regular_files(&cache.join("chunks-v2"))
-        .into_iter()
-        .map(|p| cache.join("chunks-v2").join(p))
-        .collect();
-    out.sort();
-    out
 }
 
 /// Fills the SSD tier: a cold read, then a clean unmount (which drains the write-back).
@@ -271,6 +251,11 @@ fn opens_of_one_file_share_one_mode_and_never_fail() {
     };
     let shared = File::open(&path).unwrap_or_else(|e| panic!("open while passthrough: {e}"));
     check(&shared, "open sharing the backing file");
+    assert_eq!(
+        stat(&m.stats(), "passthrough.opens"),
+        2,
+        "the second open shares it"
+    );
     drop(pt);
     check(&shared, "after the first passthrough open closed");
     drop(shared);

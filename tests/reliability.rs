@@ -15,26 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Chunk files of the SSD tier, sorted.
-fn chunk_files(cache: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for sub in fs::read_dir(cache.join("chunks-v2")).unwrap().flatten() {
-        if let Ok(rd) = fs::read_dir(sub.path()) {
-            out.extend(rd.flatten().map(|e| e.path()));
-        }
-    }
-    out.sort();
-    out
-}
-
-fn read_all(mp: &Path, files: &[(String, Vec<u8>)]) {
-    for (rel, want) in files {
-        let got = fs::read(mp.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
-        assert_bytes_eq(&got, want, rel);
-    }
-}
-
-fn make_files(s: &Scratch, n: usize, size: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+fn make_files(s: &Scratch, n: usize, size: usize, seed: u64) -> Vec<SourceFile> {
     (0..n)
         .map(|i| {
             let rel = format!("d{}/f{i}.bin", i % 3);
@@ -531,7 +512,7 @@ fn sixteen_readers_over_a_dataset_larger_than_the_cache() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);
     let s = Scratch::new();
-    let files: Arc<Vec<(String, Vec<u8>)>> = Arc::new(make_files(&s, 48, 3 << 20, 1000));
+    let files: Arc<Vec<SourceFile>> = Arc::new(make_files(&s, 48, 3 << 20, 1000));
     let m = Mount::with_deadline(
         &s.src,
         &s.cache,

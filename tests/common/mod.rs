@@ -384,6 +384,35 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
     );
 }
 
+/// Reads `path` whole and compares it with `want`.
+#[track_caller]
+pub fn assert_file_eq(path: &Path, want: &[u8], what: &str) {
+    let got = fs::read(path).unwrap_or_else(|e| panic!("{what}: read {}: {e}", path.display()));
+    assert_bytes_eq(&got, want, what);
+}
+
+/// A file of a test's source tree: relative path and contents.
+pub type SourceFile = (String, Vec<u8>);
+
+/// Reads every file whole through the mount at `mp` and checks its bytes.
+#[track_caller]
+pub fn read_all(mp: &Path, files: &[SourceFile]) {
+    for (rel, want) in files {
+        assert_file_eq(&mp.join(rel), want, rel);
+    }
+}
+
+/// The SSD tier's chunk files under a cache dir, sorted.
+pub fn chunk_files(cache: &Path) -> Vec<PathBuf> {
+    let dir = cache.join("chunks-v2");
+    let mut out: Vec<PathBuf> = regular_files(&dir)
+        .into_iter()
+        .map(|p| dir.join(p))
+        .collect();
+    out.sort();
+    out
+}
+
 /// pread until `buf` is full or EOF; returns the number of bytes read.
 pub fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
     let mut done = 0;
