@@ -25,6 +25,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$REPO/scripts/lib.sh"
 # The exact command, for the report: the knobs given in the environment, then the script.
 COMMAND_LINE=
 for v in RUNS BENCH_DIR LATENCY_MS META_LATENCY_MS BANDWIDTH_MBPS SLOWFS_THREADS RAM DISK \
@@ -69,28 +70,8 @@ SLOWFS_PID=
 SAMPLER_PID=
 DAEMON_PID=
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
 
-# mountinfo field 5 is the mount point (our paths contain no spaces; see the check below).
-is_mounted() { awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
 
-wait_mounted() {
-    local path=$1 i
-    for i in $(seq 1 100); do
-        is_mounted "$path" && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
 
 stop_sampler() {
     if [ -n "$SAMPLER_PID" ]; then
@@ -570,20 +551,7 @@ PY
 cat "$REPORT"
 
 if [ "$WRITE_DOC" = 1 ]; then
-    # Replace the generated section of the doc (between the markers), keep the rest.
-    python3 - "$DOC" "$REPORT" <<'PY'
-import os, sys
-doc, report = sys.argv[1], open(sys.argv[2]).read()
-BEGIN, END = "<!-- bench-cache:begin -->", "<!-- bench-cache:end -->"
-text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
-block = f"{BEGIN}\n{report.rstrip()}\n{END}"
-if BEGIN in text and END in text:
-    head, rest = text.split(BEGIN, 1)
-    text = head + block + rest.split(END, 1)[1]
-else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-open(doc, "w").write(text)
-PY
+    write_doc_section "$DOC" "$REPORT" bench-cache
     log "wrote $DOC"
 fi
 log "raw results: $OUT"

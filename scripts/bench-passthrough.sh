@@ -10,14 +10,14 @@
 #   sudo RAM=2GiB RUNS=5 scripts/bench-passthrough.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 RAM=${RAM:-256MiB}
 RUNS=${RUNS:-3}
 BENCH_DIR=${BENCH_DIR:-/tmp/bicache-bench2}
 DATA=$BENCH_DIR/data/imagenet
 LISTING=$BENCH_DIR/imagenet.tsv
 [ -d "$DATA" ] && [ -f "$LISTING" ] || {
-    echo "error: no dataset in $BENCH_DIR (run scripts/bench.sh once to generate it)" >&2
-    exit 2
+    die "no dataset in $BENCH_DIR (run scripts/bench.sh once to generate it)"
 }
 cargo build --release --quiet
 BIN=$PWD/target/release/bicache
@@ -34,9 +34,7 @@ mount_mode() {
     "$BIN" mount "$DATA" "$MNT" --cache-dir "$WORK/cache-$1" --ram "$RAM" --disk 8GiB \
         --immutable --passthrough "$1"
 }
-epoch() { python3 scripts/bench_work.py epoch "$1" "$LISTING" "$2" | python3 -c \
-    'import json,sys; print(json.load(sys.stdin)["seconds"])'; }
-drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+epoch() { python3 scripts/bench_work.py epoch "$1" "$LISTING" "$2" | json_field seconds; }
 
 for mode in on off; do
     mount_mode "$mode"
@@ -53,7 +51,7 @@ for run in $(seq "$RUNS"); do
             epoch "$MNT" 7 >/dev/null
             root=$MNT
         fi
-        drop
+        drop_caches
         t=$(epoch "$root" $((run + 10)))
         secs[$mode]+="$t "
         echo "run $run $mode: $t s"

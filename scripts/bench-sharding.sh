@@ -27,6 +27,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOG_TAG=bench-sharding
+. "$REPO/scripts/lib.sh"
 UTIL=$REPO/scripts/bench_sharding_util.py
 COMMAND_LINE=
 for v in RUNS EPOCHS WORKERS SEED NFILES MIN_KIB MAX_KIB DIRS RAM DISK LATENCY_MS \
@@ -55,11 +57,6 @@ BICACHE_BIN=${BICACHE_BIN:-}
 DOC=${DOC:-$REPO/docs/SHARDING.md}
 PIN_SHARE=0.95 # src/cache/mod.rs PIN_SHARE: the share of a tier pinned chunks may take
 
-log() { printf '[bench-sharding %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
 
 # ------------------------------------------------------------------ mounts and cleanup
 MOUNTS=()       # bicache mountpoints we mounted
@@ -67,27 +64,10 @@ DAEMONS=()      # their daemons' pids
 READER_PIDS=()  # reader processes running now
 SLOWFS_PID=
 
-is_mounted() { awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
 
-wait_mounted() {
-    local i
-    for i in $(seq 1 100); do
-        is_mounted "$1" && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
 
 stats_of() { "$BIN/bicache" stats "$1" --json; }
 
-json_field() { python3 -c 'import json,sys; d=json.load(sys.stdin)
-for k in sys.argv[1].split("."): d=d[k]
-print(d)' "$1"; }
 
 unmount_all() {
     local mp pid i
@@ -385,20 +365,7 @@ python3 "$UTIL" report "$RESULTS" "$OUT/meta.json" >"$OUT/report.md"
 cat "$OUT/report.md"
 
 if [ "$WRITE_DOC" = 1 ]; then
-    # Replace the generated block of the doc (between the markers), keep the rest.
-    python3 - "$DOC" "$OUT/report.md" <<'PY'
-import os, sys
-doc, report = sys.argv[1], open(sys.argv[2]).read()
-BEGIN, END = "<!-- bench-sharding:begin -->", "<!-- bench-sharding:end -->"
-text = open(doc).read() if os.path.exists(doc) else "# Lazy sharding\n"
-block = f"{BEGIN}\n{report.rstrip()}\n{END}"
-if BEGIN in text and END in text:
-    head, rest = text.split(BEGIN, 1)
-    text = head + block + rest.split(END, 1)[1]
-else:
-    text = text.rstrip("\n") + "\n\n## Benchmark\n\n" + block + "\n"
-open(doc, "w").write(text)
-PY
+    write_doc_section "$DOC" "$OUT/report.md" bench-sharding Benchmark
     log "wrote $DOC"
 fi
 log "raw results: $OUT"

@@ -34,6 +34,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$REPO/scripts/lib.sh"
 SCRIPTS=$REPO/scripts
 COMMAND_LINE=
 for v in RUNS BENCH_DIR SYSTEMS WORKLOADS LATENCY_MS META_LATENCY_MS BANDWIDTH_MBPS SLOWFS_THREADS RAM \
@@ -101,27 +102,8 @@ BC_PHASE=    # what the current bicache mount is used for (labels its peak RSS)
 RUN=0
 OWNER=0      # 1 once this invocation holds BENCH_DIR's lock (its mounts are then ours)
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
 
-is_mounted() { awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
 
-wait_mounted() {
-    local i
-    for i in $(seq 1 150); do
-        is_mounted "$1" && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
 
 # Waits up to 10 s for a process of ours to exit, then SIGTERMs it (then SIGKILL).
 reap() {
