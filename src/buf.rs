@@ -8,7 +8,63 @@ use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
+use parking_lot::Mutex;
+
 const ALIGN: usize = 4096;
+
+/// Bytes of freed mappings kept for reuse (see `Buf::for_read`). Counted by the cache in
+/// the memory it sets aside from the RAM budget.
+pub const POOL_BYTES: usize = 16 << 20;
+/// And at most this many (each `take` scans them under a lock).
+const POOL_ENTRIES: usize = 64;
+
+/// Freed mappings, as (address, bytes). A fresh mapping costs a page fault per page at its
+/// first touch (256 per MiB) and a TLB flush when unmapped; at warm-read rates that is
+/// most of the CPU. A chunk read from the SSD tier usually replaces one just evicted from
+/// RAM, so a few recycled mappings go a long way.
+static POOL: Mutex<Pool> = Mutex::new(Pool::new(POOL_BYTES));
+
+struct Pool {
+    /// (address, bytes) of each kept mapping.
+    free: Vec<(usize, usize)>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Pool {
+    const fn new(limit: usize) -> Pool {
+        Pool {
+            free: Vec::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// A kept mapping of exactly `cap` bytes, if any.
+    fn take(&mut self, cap: usize) -> Option<usize> {
+        let i = self.free.iter().rposition(|&(_, c)| c == cap)?;
+        self.bytes -= cap;
+        Some(self.free.remove(i).0)
+    }
+
+    /// Keeps a mapping, making room by dropping the oldest kept ones (a mix of odd sizes
+    /// must not crowd out the chunk-size mappings that keep coming back). Returns the
+    /// mappings the caller is to unmap.
+    fn give(&mut self, addr: usize, cap: usize) -> Vec<(usize, usize)> {
+        if cap > self.limit {
+            return vec![(addr, cap)];
+        }
+        let mut dropped = 0;
+        while self.bytes + cap > self.limit || self.free.len() - dropped >= POOL_ENTRIES {
+            self.bytes -= self.free[dropped].1;
+            dropped += 1;
+        }
+        let unmap = self.free.drain(..dropped).collect();
+        self.bytes += cap;
+        self.free.push((addr, cap));
+        unmap
+    }
+}
 
 pub struct Buf {
     ptr: NonNull<u8>,
@@ -75,6 +131,25 @@ impl Buf {
         }
     }
 
+    /// A buffer of `len` bytes to be filled by a read: like `zeroed`, but may reuse a freed
+    /// mapping, whose bytes are then whatever it held before (initialised, never
+    /// uninitialised memory). Callers overwrite it and `truncate` to what they filled.
+    pub fn for_read(len: usize) -> Buf {
+        let cap = len.div_ceil(ALIGN) * ALIGN;
+        if cap > 0 {
+            let taken = POOL.lock().take(cap);
+            if let Some(addr) = taken {
+                return Buf {
+                    ptr: NonNull::new(addr as *mut u8).expect("pooled mappings are non-null"),
+                    len,
+                    cap,
+                    mapped: true,
+                };
+            }
+        }
+        Buf::zeroed(len)
+    }
+
     /// Shortens the visible length (the allocation stays).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
@@ -99,8 +174,12 @@ impl DerefMut for Buf {
 impl Drop for Buf {
     fn drop(&mut self) {
         if self.mapped {
-            // Safety: mapped in `zeroed` with exactly this length.
-            unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.cap) };
+            let unmap = POOL.lock().give(self.ptr.as_ptr() as usize, self.cap);
+            for (addr, cap) in unmap {
+                // Safety: each was mapped in `zeroed` with exactly this length, and is
+                // no longer referenced by any Buf or the pool.
+                unsafe { libc::munmap(addr as *mut libc::c_void, cap) };
+            }
         } else if self.cap > 0 {
             // Safety: allocated in `zeroed` with exactly this layout.
             unsafe {
@@ -122,6 +201,35 @@ impl std::fmt::Debug for Buf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_reuses_same_size_mappings_and_drops_the_oldest() {
+        let mut pool = Pool::new(3 * ALIGN);
+        assert!(pool.give(0x1000, ALIGN).is_empty());
+        assert!(pool.give(0x9000, 2 * ALIGN).is_empty());
+        assert_eq!(pool.take(3 * ALIGN), None, "only an exact size is reused");
+        // Full: the oldest goes.
+        assert_eq!(pool.give(0x20000, ALIGN), vec![(0x1000, ALIGN)]);
+        assert_eq!(pool.take(2 * ALIGN), Some(0x9000));
+        assert_eq!(pool.take(2 * ALIGN), None);
+        assert_eq!(pool.take(ALIGN), Some(0x20000));
+        assert_eq!(pool.bytes, 0);
+        // Larger than the whole pool: handed straight back.
+        assert_eq!(pool.give(0x40000, 4 * ALIGN), vec![(0x40000, 4 * ALIGN)]);
+    }
+
+    #[test]
+    fn buffers_for_reads_are_aligned_and_sized() {
+        for len in [1usize, 4095, 4096, 1 << 20] {
+            let mut b = Buf::for_read(len);
+            assert_eq!(b.len(), len);
+            assert_eq!(b.as_ptr() as usize % ALIGN, 0);
+            b.fill(0x5a);
+            drop(b);
+        }
+        // `zeroed` never hands out a recycled mapping.
+        assert!(Buf::zeroed(1 << 20).iter().all(|&x| x == 0));
+    }
 
     #[test]
     fn aligned_zeroed_and_truncatable() {

@@ -123,7 +123,7 @@ impl Source {
             }
             None => unreachable!("open() initialises the slot"),
         };
-        let mut data = Buf::zeroed(len);
+        let mut data = Buf::for_read(len);
         let mut done = 0;
         while done < len {
             match handle.file.read_at(&mut data[done..], offset + done as u64) {

@@ -339,7 +339,7 @@ impl DiskTier {
         path: &Path,
         file: &File,
     ) -> Option<Buf> {
-        let mut data = Buf::zeroed(entry.len);
+        let mut data = Buf::for_read(entry.len);
         // One byte more than expected: a file that grew is as wrong as one that shrank.
         let mut extra = [0u8; 1];
         let why = match preadv_exact(file, &mut [&mut data, &mut extra]) {
