@@ -53,7 +53,7 @@ pass() {
     python3 scripts/bench_work.py fio "$WORK/fio.json" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-print(f"{d[\"seconds\"]:.2f} {d[\"bytes\"]} {int(sys.argv[2]) - int(sys.argv[1])}")' "$before" "$after"
+print("%.2f %d %d" % (d["seconds"], d["bytes"], int(sys.argv[2]) - int(sys.argv[1])))' "$before" "$after"
 }
 
 declare -A results
