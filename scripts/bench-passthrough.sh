@@ -61,7 +61,6 @@ for run in $(seq "$RUNS"); do
         fi
     done
 done
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 n=$(median <<<"${secs[native]}")
 on=$(median <<<"${secs[on]}")
 off=$(median <<<"${secs[off]}")

@@ -50,3 +50,6 @@ else:
 open(doc, "w").write(text)
 PY
 }
+
+# The median of the numbers on stdin (separated by spaces or newlines).
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
