@@ -278,7 +278,9 @@ impl ChunkCache {
             // free, so the RAM tier warms up even though passthrough reads bypass it.
             self.ram.insert_if_room(key, Arc::new(data));
         }
-        // The reads that follow never reach the daemon: this open is the file's one hit.
+        // The reads that follow never reach the daemon: this open is the file's one chunk
+        // lookup, a RAM miss and an SSD hit like any other read served from the SSD.
+        self.stats.ram_misses.fetch_add(1, Relaxed);
         self.stats.disk_hits.fetch_add(1, Relaxed);
         Some(f)
     }
