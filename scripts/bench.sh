@@ -418,7 +418,7 @@ OUT=$BENCH_DIR/results FILES=$BENCH_DIR/imagenet.tsv RESULTS=$OUT/results.jsonl
 write_report() { # the markdown report and the plot from $OUT, and the doc if WRITE_DOC=1
     python3 "$SCRIPTS/bench_report.py" "$OUT" "$OUT/report.md" "$OUT/bench-epochs.png"
     if [ "$WRITE_DOC" = 1 ]; then
-        python3 "$SCRIPTS/bench_report.py" --insert "$DOC" "$OUT/report.md"
+        write_doc_section "$DOC" "$OUT/report.md" bench-suite
         if [ -e "$OUT/bench-epochs.png" ]; then cp "$OUT/bench-epochs.png" "$PLOT"; fi
         log "wrote $DOC and $PLOT"
     fi

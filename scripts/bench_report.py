@@ -8,8 +8,6 @@
     bench_report.py OUT REPORT_MD PLOT_PNG
         The markdown section (medians over runs, ratios per run) and the epoch plot, from
         OUT/results.jsonl, OUT/hwm-run*-* and the environment bench.sh exports.
-    bench_report.py --insert DOC REPORT_MD
-        Replaces the text between the bench-suite markers of DOC (appends it if absent).
 """
 
 import glob
@@ -19,7 +17,6 @@ import re
 import statistics
 import sys
 
-BEGIN, END = "<!-- bench-suite:begin -->", "<!-- bench-suite:end -->"
 MiB = 1 << 20
 SYSTEMS = ["native", "bindfs", "slowfs", "rclone", "bicache", "bicache-imm"]
 NO_CACHE = {"native", "bindfs", "slowfs"}
@@ -514,24 +511,9 @@ def report(out, report_path, plot_path):
     print(text)
 
 
-def insert(doc, report_path):
-    rep = open(report_path).read()
-    text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
-    block = f"{BEGIN}\n{rep.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with open(doc, "w") as f:
-        f.write(text)
-
-
 def main(argv):
     if argv[1:2] == ["--record"]:
         record(*argv[2:6])
-    elif argv[1:2] == ["--insert"]:
-        insert(argv[2], argv[3])
     else:
         report(argv[1], argv[2], argv[3])
     return 0
