@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -74,9 +74,6 @@ pub struct BicacheFs {
     shard_strict: bool,
     /// Kernel stack depth to ask for passthrough with (None: passthrough off).
     passthrough_depth: Option<u32>,
-    /// Whether passthrough is in use: granted by the kernel at init, dropped for good if
-    /// registering a backing file fails (not root, unsupported cache filesystem).
-    passthrough: AtomicBool,
     io_modes: Mutex<HashMap<u64, InodeIo>>,
 }
 
@@ -141,7 +138,6 @@ impl BicacheFs {
             shard_paths,
             shard_strict,
             passthrough_depth,
-            passthrough: AtomicBool::new(false),
             io_modes: Mutex::new(HashMap::new()),
         }
     }
@@ -195,12 +191,12 @@ impl BicacheFs {
     ) -> Option<Arc<BackingId>> {
         // An inode already open keeps its mode (the kernel's rule); only a first open
         // chooses. The SSD file is checked outside the lock: that may read and hash it.
-        let first_open = self
-            .io_modes
-            .lock()
-            .get(&ino)
-            .is_none_or(|io| io.opens == 0);
-        let candidate = if first_open && self.passthrough.load(Relaxed) {
+        // (An inode's entry goes when its last open is released.)
+        let first_open = !self.io_modes.lock().contains_key(&ino);
+        // Whether passthrough is in use: granted by the kernel at init, dropped for good if
+        // registering a backing file fails (not root, unsupported cache filesystem).
+        let enabled = self.stats.passthrough_enabled.load(Relaxed) == 1;
+        let candidate = if first_open && enabled {
             self.cache.whole_file_on_disk(file)
         } else {
             None
@@ -225,9 +221,8 @@ impl BicacheFs {
                 Some(id)
             }
             Err(e) => {
-                if self.passthrough.swap(false, Relaxed) {
+                if self.stats.passthrough_enabled.swap(0, Relaxed) == 1 {
                     warn!("FUSE passthrough unavailable ({e}); every read goes through the daemon");
-                    self.stats.passthrough_enabled.store(0, Relaxed);
                 }
                 None
             }
@@ -280,9 +275,7 @@ impl Filesystem for BicacheFs {
         if let Some(depth) = self.passthrough_depth {
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(depth).is_ok();
-            if granted {
-                self.passthrough.store(true, Relaxed);
-            } else {
+            if !granted {
                 info!("kernel lacks FUSE passthrough; every read goes through the daemon");
             }
             self.stats

@@ -46,7 +46,8 @@ pub struct Stats {
     pub shard_bytes: AtomicU64,
     /// Opens of files outside this mount's shard (served, or refused under --shard-strict).
     pub out_of_shard_opens: AtomicU64,
-    /// 1 while the kernel reads whole cached files straight from the SSD tier.
+    /// 1 while FUSE passthrough is in use: set at init if the kernel grants it, cleared
+    /// for good if registering a backing file fails. fs.rs decides opens by it.
     pub passthrough_enabled: AtomicU64,
     /// Opens served by FUSE passthrough (their reads never reach the daemon).
     pub passthrough_opens: AtomicU64,
