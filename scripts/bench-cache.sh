@@ -201,17 +201,7 @@ for i in range(small):
 PY
     echo "$STAMP" >"$BENCH_DIR/data.stamp"
 fi
-python3 - "$DATA" >"$FILES" <<'PY'
-import os, sys
-root = sys.argv[1]
-rows = []
-for d, _, names in os.walk(root):
-    for n in names:
-        p = os.path.join(d, n)
-        rows.append((os.path.relpath(p, root), os.path.getsize(p)))
-for rel, size in sorted(rows):
-    print(f"{rel}\t{size}")
-PY
+python3 "$REPO/scripts/bench_data.py" list "$DATA" >"$FILES"
 TOTAL_BYTES=$(awk -F'\t' '{ s += $2 } END { printf "%d", s }' "$FILES")
 NFILES=$(wc -l <"$FILES")
 log "dataset: $NFILES files, $TOTAL_BYTES bytes"
