@@ -226,7 +226,7 @@ fn mountpoint_dir(path: &Path) -> Result<PathBuf, ConfigError> {
     if let Err(e) = fs::metadata(path)
         && matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
     {
-        crate::daemon::detach_dead_mount(path).or_else(|err| {
+        crate::mountinfo::detach_dead_mount(path).or_else(|err| {
             fail(format!(
                 "mountpoint {} is a dead FUSE mount and could not be detached ({err}); run: \
                  fusermount3 -uz {}",

@@ -371,7 +371,7 @@ fn plan_shard(
 /// (The device is read from mountinfo: a stat of the mountpoint would wait for the session,
 /// which is not serving yet.)
 fn raise_kernel_readahead(mountpoint: &Path, chunk_size: u64) {
-    let Some(dev) = crate::control::mount_device(mountpoint) else {
+    let Some(dev) = crate::mountinfo::bicache_mount_at(mountpoint).map(|m| m.device) else {
         return;
     };
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
@@ -379,24 +379,5 @@ fn raise_kernel_readahead(mountpoint: &Path, chunk_size: u64) {
     match std::fs::write(&path, kb.to_string()) {
         Ok(()) => info!(read_ahead_kb = kb, "kernel readahead raised"),
         Err(e) => info!("kernel readahead left at its default ({path}: {e})"),
-    }
-}
-
-/// Detaches a mount left dead by a killed daemon ("Transport endpoint is not connected").
-pub fn detach_dead_mount(path: &Path) -> Result<(), String> {
-    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
-        Ok(()) => Ok(()),
-        Err(_) => {
-            let out = std::process::Command::new("fusermount3")
-                .arg("-uz")
-                .arg(path)
-                .output()
-                .map_err(|e| e.to_string())?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-            }
-        }
     }
 }

@@ -24,7 +24,7 @@ use crate::cache::{CachedFile, ChunkCache, Stream};
 use crate::stats::Stats;
 use crate::tree::{Attr, DirEntry, Kind, ROOT_INO, Tree};
 
-pub const CONTROL_DIR: &str = ".bicache";
+pub use crate::CONTROL_DIR;
 const CONTROL_DIR_INO: u64 = 2;
 const STATS_JSON_INO: u64 = 3;
 const STATS_TXT_INO: u64 = 4;

@@ -4,11 +4,11 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
 use crate::cache::{CachedFile, ChunkCache, PrefetchOutcome};
+use crate::clock::now_ms;
 use crate::size::human;
 use crate::stats::{PrefetchState, Stats};
 
@@ -99,11 +99,4 @@ fn finish(stats: &Stats, out_of_room: bool) {
         bytes = %human(stats.prefetch_bytes.load(Relaxed)),
         "prefetch finished"
     );
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

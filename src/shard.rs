@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ffi::OsStr;
 use std::fs::{self, Metadata};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -18,9 +18,9 @@ use std::sync::{Condvar, Mutex};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::cli::{PlanArgs, ShardArgs, ShardMode, ShardSize};
-use crate::fs::CONTROL_DIR;
-use crate::size::{SizeSpec, human, parse_size};
+use crate::CONTROL_DIR;
+use crate::cli::{ShardArgs, ShardMode, ShardSize};
+use crate::size::human;
 
 /// Threads for the walk and the manifest's lstats. The work is latency-bound (one metadata
 /// round trip per entry on a shared filesystem), not CPU-bound, so more threads than cores
@@ -348,7 +348,7 @@ pub fn list_dataset(
     Ok(files)
 }
 
-fn check_source(source: &Path) -> Result<Metadata, String> {
+pub fn check_source(source: &Path) -> Result<Metadata, String> {
     match fs::metadata(source) {
         Ok(m) if m.is_dir() => Ok(m),
         Ok(_) => Err(format!("source '{}' is not a directory", source.display())),
@@ -363,7 +363,7 @@ fn mtime_ns(m: &Metadata) -> i128 {
     m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
 }
 
-fn path_bytes(p: &Path) -> &[u8] {
+pub fn path_bytes(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
 
@@ -971,56 +971,6 @@ pub fn summary(plan: &Plan, shard: Option<&ShardId>, sizing: Option<&Sizing>) ->
         )),
     }
     s
-}
-
-/// `bicache plan SOURCE [sharding options] [--capacity SIZE]`: this shard's relative paths
-/// on stdout, one a line in prefetch order (raw bytes: a name need not be UTF-8), and a
-/// summary on stderr.
-pub fn run_plan(args: &PlanArgs) -> Result<(), String> {
-    check_source(&args.source)?;
-    let sa = &args.shard;
-    let capacity = match (&args.capacity, sa.shard_size) {
-        (Some(text), _) => match parse_size(text, false) {
-            Ok(SizeSpec::Bytes(b)) => b,
-            // parse_size(_, false) rejects percentages; kept as an error, never a panic.
-            Ok(SizeSpec::Percent(_)) => {
-                return Err(format!(
-                    "--capacity '{text}': a percentage is not allowed here"
-                ));
-            }
-            Err(e) => return Err(format!("--capacity: {e}")),
-        },
-        (None, ShardSize::Auto) => {
-            return Err(
-                "--shard-size auto needs --capacity SIZE (the cache capacity to fit the shard to)"
-                    .into(),
-            );
-        }
-        (None, ShardSize::Full) => 0,
-    };
-    if args.capacity.is_some() && sa.shard_size == ShardSize::Full {
-        eprintln!("bicache: note: --capacity only matters with --shard-size auto");
-    }
-    let sizing = sizing_for(sa, capacity)?;
-    let visible = AlwaysVisible::new(&sa.always_visible)?;
-    // Before the (possibly long) listing, so a missing variable fails at once.
-    let shard = resolve_shard(sa, &|k| std::env::var(k).ok())?;
-    let files = list_dataset(&args.source, sa.manifest.as_deref(), None)?;
-    let plan = make_plan(files, &visible, shard.as_ref(), sa.seed, sizing.as_ref());
-
-    let mut out = BufWriter::new(io::stdout().lock());
-    let written = plan.files.iter().try_for_each(|f| {
-        out.write_all(path_bytes(&f.path))?;
-        out.write_all(b"\n")
-    });
-    match written.and_then(|()| out.flush()) {
-        Ok(()) => {}
-        // `bicache plan ... | head` is not an error.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-        Err(e) => return Err(format!("cannot write the shard list: {e}")),
-    }
-    eprintln!("{}", summary(&plan, shard.as_ref(), sizing.as_ref()));
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //!
 //! Relaxed atomics: each counter is independent and read only for reporting.
 
-use std::fmt::Write;
+use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+
+use serde::{Deserialize, Serialize};
 
 use crate::size::human;
 
@@ -99,7 +101,7 @@ impl Stats {
             return (0, 0);
         }
         let end = match get(&self.prefetch_finished_ms) {
-            0 => crate::prefetch::now_ms(),
+            0 => crate::clock::now_ms(),
             t => t,
         };
         let secs = (end.saturating_sub(started) as f64 / 1000.0).max(0.001);
@@ -116,115 +118,251 @@ impl Stats {
         (rate as u64, eta)
     }
 
-    pub fn to_json(&self, pid: u32, chunk_size: u64) -> String {
+    /// A consistent-enough copy of every counter (each read once), in the shape of the JSON.
+    pub fn snapshot(&self, pid: u32, chunk_size: u64) -> Snapshot {
         let (rate, eta) = self.prefetch_rate();
-        let mut s = String::with_capacity(1024);
-        let _ = writeln!(
-            s,
-            "{{\"pid\":{pid},\"chunk_size\":{chunk_size},\
-             \"ram\":{{\"hits\":{},\"misses\":{},\"bytes\":{},\"capacity\":{}}},\
-             \"disk\":{{\"hits\":{},\"misses\":{},\"bytes\":{},\"capacity\":{},\"corrupt\":{},\
-             \"writes\":{},\"write_errors\":{},\"writes_dropped\":{},\"evictions\":{},\
-             \"pinned_bytes\":{}}},\
-             \"source\":{{\"reads\":{},\"bytes\":{},\"meta_ops\":{},\"errors\":{}}},\
-             \"readahead\":{{\"chunks\":{}}},\
-             \"prefetch\":{{\"state\":\"{}\",\"files_done\":{},\"files_total\":{},\"bytes\":{},\
-             \"bytes_total\":{},\"errors\":{},\"rate_bytes_per_sec\":{},\"eta_secs\":{}}},\
-             \"shard\":{{\"index\":{},\"count\":{},\"files\":{},\"bytes\":{},\
-             \"out_of_shard_opens\":{}}},\
-             \"passthrough\":{{\"enabled\":{},\"opens\":{}}}}}",
-            get(&self.ram_hits),
-            get(&self.ram_misses),
-            get(&self.ram_bytes),
-            get(&self.ram_capacity),
-            get(&self.disk_hits),
-            get(&self.disk_misses),
-            get(&self.disk_bytes),
-            get(&self.disk_capacity),
-            get(&self.disk_corrupt),
-            get(&self.disk_writes),
-            get(&self.disk_write_errors),
-            get(&self.disk_writes_dropped),
-            get(&self.disk_evictions),
-            get(&self.disk_pinned_bytes),
-            get(&self.source_reads),
-            get(&self.source_bytes),
-            get(&self.source_meta_ops),
-            get(&self.source_errors),
-            get(&self.readahead_chunks),
-            self.prefetch_state().name(),
-            get(&self.prefetch_files_done),
-            get(&self.prefetch_files_total),
-            get(&self.prefetch_bytes),
-            get(&self.prefetch_bytes_total),
-            get(&self.prefetch_errors),
-            rate,
-            eta,
-            get(&self.shard_index),
-            get(&self.shard_count),
-            get(&self.shard_files),
-            get(&self.shard_bytes),
-            get(&self.out_of_shard_opens),
-            get(&self.passthrough_enabled) == 1,
-            get(&self.passthrough_opens),
-        );
+        Snapshot {
+            pid,
+            chunk_size,
+            ram: TierCounts {
+                hits: get(&self.ram_hits),
+                misses: get(&self.ram_misses),
+                bytes: get(&self.ram_bytes),
+                capacity: get(&self.ram_capacity),
+            },
+            disk: DiskCounts {
+                tier: TierCounts {
+                    hits: get(&self.disk_hits),
+                    misses: get(&self.disk_misses),
+                    bytes: get(&self.disk_bytes),
+                    capacity: get(&self.disk_capacity),
+                },
+                corrupt: get(&self.disk_corrupt),
+                writes: get(&self.disk_writes),
+                write_errors: get(&self.disk_write_errors),
+                writes_dropped: get(&self.disk_writes_dropped),
+                evictions: get(&self.disk_evictions),
+                pinned_bytes: get(&self.disk_pinned_bytes),
+            },
+            source: SourceCounts {
+                reads: get(&self.source_reads),
+                bytes: get(&self.source_bytes),
+                meta_ops: get(&self.source_meta_ops),
+                errors: get(&self.source_errors),
+            },
+            readahead: ReadaheadCounts {
+                chunks: get(&self.readahead_chunks),
+            },
+            prefetch: PrefetchCounts {
+                state: self.prefetch_state().name().to_string(),
+                files_done: get(&self.prefetch_files_done),
+                files_total: get(&self.prefetch_files_total),
+                bytes: get(&self.prefetch_bytes),
+                bytes_total: get(&self.prefetch_bytes_total),
+                errors: get(&self.prefetch_errors),
+                rate_bytes_per_sec: rate,
+                eta_secs: eta,
+            },
+            shard: ShardCounts {
+                index: get(&self.shard_index),
+                count: get(&self.shard_count),
+                files: get(&self.shard_files),
+                bytes: get(&self.shard_bytes),
+                out_of_shard_opens: get(&self.out_of_shard_opens),
+            },
+            passthrough: PassthroughCounts {
+                enabled: get(&self.passthrough_enabled) == 1,
+                opens: get(&self.passthrough_opens),
+            },
+        }
+    }
+
+    /// The stats document (`.bicache/stats.json`, `bicache stats --json`), one line.
+    pub fn to_json(&self, pid: u32, chunk_size: u64) -> String {
+        let mut s = serde_json::to_string(&self.snapshot(pid, chunk_size))
+            .expect("counters always serialise");
+        s.push('\n');
         s
     }
 
+    /// The same for a person (`.bicache/stats.txt`, `bicache stats`).
     pub fn to_text(&self, chunk_size: u64) -> String {
-        let rate = |hits: u64, misses: u64| {
-            if hits + misses == 0 {
-                "-".to_string()
-            } else {
-                format!("{:.1}%", 100.0 * hits as f64 / (hits + misses) as f64)
-            }
+        self.snapshot(0, chunk_size).to_text()
+    }
+}
+
+/// Hit and miss counts of a tier (chunk look-ups), what it holds and its budget.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TierCounts {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes: u64,
+    pub capacity: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskCounts {
+    #[serde(flatten)]
+    pub tier: TierCounts,
+    pub corrupt: u64,
+    pub writes: u64,
+    pub write_errors: u64,
+    pub writes_dropped: u64,
+    pub evictions: u64,
+    pub pinned_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceCounts {
+    pub reads: u64,
+    pub bytes: u64,
+    pub meta_ops: u64,
+    pub errors: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadaheadCounts {
+    pub chunks: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrefetchCounts {
+    pub state: String,
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes: u64,
+    pub bytes_total: u64,
+    pub errors: u64,
+    pub rate_bytes_per_sec: u64,
+    /// Seconds left; u64::MAX while no rate is known yet.
+    pub eta_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShardCounts {
+    pub index: u64,
+    pub count: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub out_of_shard_opens: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PassthroughCounts {
+    pub enabled: bool,
+    pub opens: u64,
+}
+
+/// Every counter at one moment, as `stats.json` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Snapshot {
+    pub pid: u32,
+    pub chunk_size: u64,
+    pub ram: TierCounts,
+    pub disk: DiskCounts,
+    pub source: SourceCounts,
+    pub readahead: ReadaheadCounts,
+    pub prefetch: PrefetchCounts,
+    pub shard: ShardCounts,
+    pub passthrough: PassthroughCounts,
+}
+
+fn hit_rate(t: &TierCounts) -> String {
+    if t.hits + t.misses == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1}%", 100.0 * t.hits as f64 / (t.hits + t.misses) as f64)
+    }
+}
+
+impl Snapshot {
+    pub fn to_text(&self) -> String {
+        let (r, d, src, p, sh) = (
+            &self.ram,
+            &self.disk,
+            &self.source,
+            &self.prefetch,
+            &self.shard,
+        );
+        let eta = if p.eta_secs == u64::MAX {
+            "-".to_string()
+        } else {
+            format!("{} s", p.eta_secs)
         };
-        let (rh, rm) = (get(&self.ram_hits), get(&self.ram_misses));
-        let (dh, dm) = (get(&self.disk_hits), get(&self.disk_misses));
-        let (pf_rate, eta) = self.prefetch_rate();
-        format!(
-            "chunk size  {}\n\
-             ram         {} / {} held, {rh} hits, {rm} misses (hit rate {})\n\
-             disk        {} / {} held, {dh} hits, {dm} misses (hit rate {}), {} corrupt, {} write errors\n\
-             source      {} reads, {} pulled, {} metadata ops, {} errors\n\
-             prefetch    {}: {} / {} files, {} / {}, {}/s, ETA {}\n\
-             shard       {} of {}: {} files, {}, {} out-of-shard opens\n\
-             passthrough {}, {} opens\n",
-            human(chunk_size),
-            human(get(&self.ram_bytes)),
-            human(get(&self.ram_capacity)),
-            rate(rh, rm),
-            human(get(&self.disk_bytes)),
-            human(get(&self.disk_capacity)),
-            rate(dh, dm),
-            get(&self.disk_corrupt),
-            get(&self.disk_write_errors),
-            get(&self.source_reads),
-            human(get(&self.source_bytes)),
-            get(&self.source_meta_ops),
-            get(&self.source_errors),
-            self.prefetch_state().name(),
-            get(&self.prefetch_files_done),
-            get(&self.prefetch_files_total),
-            human(get(&self.prefetch_bytes)),
-            human(get(&self.prefetch_bytes_total)),
-            human(pf_rate),
-            if eta == u64::MAX {
-                "-".to_string()
-            } else {
-                format!("{eta} s")
-            },
-            get(&self.shard_index),
-            get(&self.shard_count),
-            get(&self.shard_files),
-            human(get(&self.shard_bytes)),
-            get(&self.out_of_shard_opens),
-            if get(&self.passthrough_enabled) == 1 {
-                "on"
-            } else {
-                "off"
-            },
-            get(&self.passthrough_opens),
-        )
+        let mut out = String::new();
+        let mut line = |label: &str, text: String| {
+            let _ = writeln!(out, "{label:<11} {text}");
+        };
+        line("chunk size", human(self.chunk_size));
+        line(
+            "ram",
+            format!(
+                "{} / {} held, {} hits, {} misses (hit rate {})",
+                human(r.bytes),
+                human(r.capacity),
+                r.hits,
+                r.misses,
+                hit_rate(r)
+            ),
+        );
+        line(
+            "disk",
+            format!(
+                "{} / {} held, {} hits, {} misses (hit rate {}), {} corrupt, {} write errors",
+                human(d.tier.bytes),
+                human(d.tier.capacity),
+                d.tier.hits,
+                d.tier.misses,
+                hit_rate(&d.tier),
+                d.corrupt,
+                d.write_errors
+            ),
+        );
+        line(
+            "source",
+            format!(
+                "{} reads, {} pulled, {} metadata ops, {} errors",
+                src.reads,
+                human(src.bytes),
+                src.meta_ops,
+                src.errors
+            ),
+        );
+        line(
+            "prefetch",
+            format!(
+                "{}: {} / {} files, {} / {}, {}/s, ETA {eta}",
+                p.state,
+                p.files_done,
+                p.files_total,
+                human(p.bytes),
+                human(p.bytes_total),
+                human(p.rate_bytes_per_sec)
+            ),
+        );
+        line(
+            "shard",
+            format!(
+                "{} of {}: {} files, {}, {} out-of-shard opens",
+                sh.index,
+                sh.count,
+                sh.files,
+                human(sh.bytes),
+                sh.out_of_shard_opens
+            ),
+        );
+        line(
+            "passthrough",
+            format!(
+                "{}, {} opens",
+                if self.passthrough.enabled {
+                    "on"
+                } else {
+                    "off"
+                },
+                self.passthrough.opens
+            ),
+        );
+        out
     }
 }

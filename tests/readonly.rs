@@ -95,9 +95,9 @@ fn every_write_operation_fails_with_erofs_and_source_is_unchanged() {
     let mp = m.mountpoint.clone();
     let entry = mount_entry(&mp).expect("mounted");
     assert!(
-        entry.mount_opts.split(',').any(|o| o == "ro"),
+        entry.mount_options.split(',').any(|o| o == "ro"),
         "mount options must include ro: {:?}",
-        entry.mount_opts
+        entry.mount_options
     );
     // Warm some data first so cached state exists.
     let _ = fs::read(mp.join("file.bin")).unwrap();

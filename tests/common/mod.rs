@@ -177,60 +177,7 @@ where
 // /proc helpers
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Clone)]
-pub struct MountInfo {
-    pub major: u32,
-    pub minor: u32,
-    pub mount_point: PathBuf,
-    pub mount_opts: String,
-    pub fstype: String,
-    pub source: String,
-}
-
-fn unescape_mountinfo(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(OsStr::from_bytes(&out))
-}
-
-/// Parses /proc/self/mountinfo.
-pub fn mounts() -> Vec<MountInfo> {
-    let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
-    let mut v = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 10 {
-            continue;
-        }
-        let Some(sep) = f.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        let (major, minor) = f[2].split_once(':').unwrap_or(("0", "0"));
-        v.push(MountInfo {
-            major: major.parse().unwrap_or(0),
-            minor: minor.parse().unwrap_or(0),
-            mount_point: unescape_mountinfo(f[4]),
-            mount_opts: f[5].to_string(),
-            fstype: f.get(sep + 1).unwrap_or(&"").to_string(),
-            source: f.get(sep + 2).unwrap_or(&"").to_string(),
-        });
-    }
-    v
-}
+pub use bicache::mountinfo::{MountEntry as MountInfo, mounts};
 
 /// The (last, i.e. topmost) mount entry whose mount point is `mp`.
 pub fn mount_entry(mp: &Path) -> Option<MountInfo> {

@@ -1,0 +1,36 @@
+//! The subcommands: each turns its arguments into work and an exit code. Errors are one
+//! line on stderr, prefixed `bicache:`.
+
+pub mod control;
+pub mod plan;
+
+use crate::cli::{Cli, Command};
+
+/// Runs one command line; returns the process exit code (2: bad input, 1: failure).
+pub fn run(cli: Cli) -> i32 {
+    let (result, fail_code) = match cli.command {
+        Command::Mount(args) => {
+            return match crate::config::MountConfig::from_args(&args) {
+                Ok(cfg) => crate::daemon::mount(cfg),
+                Err(e) => {
+                    eprintln!("bicache: {e}");
+                    2
+                }
+            };
+        }
+        Command::Unmount { mountpoint } => (control::unmount(&mountpoint), 1),
+        Command::Stats { mountpoint, json } => (
+            control::stats(&mountpoint, json).map(|text| print!("{text}")),
+            1,
+        ),
+        Command::Plan(args) => (plan::run(&args), 2),
+        Command::Warm { mountpoint, quiet } => (control::warm(&mountpoint, quiet), 1),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bicache: {e}");
+            fail_code
+        }
+    }
+}

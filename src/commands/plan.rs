@@ -1,0 +1,61 @@
+//! `bicache plan SOURCE [sharding options] [--capacity SIZE]`: this shard's relative paths,
+//! computed exactly as a mount with the same options would, without mounting.
+
+use std::io::{self, BufWriter, Write};
+
+use crate::cli::{PlanArgs, ShardSize};
+use crate::shard::{
+    AlwaysVisible, check_source, list_dataset, make_plan, path_bytes, resolve_shard, sizing_for,
+    summary,
+};
+use crate::size::{SizeSpec, parse_size};
+
+/// `bicache plan SOURCE [sharding options] [--capacity SIZE]`: this shard's relative paths
+/// on stdout, one a line in prefetch order (raw bytes: a name need not be UTF-8), and a
+/// summary on stderr.
+pub fn run(args: &PlanArgs) -> Result<(), String> {
+    check_source(&args.source)?;
+    let sa = &args.shard;
+    let capacity = match (&args.capacity, sa.shard_size) {
+        (Some(text), _) => match parse_size(text, false) {
+            Ok(SizeSpec::Bytes(b)) => b,
+            // parse_size(_, false) rejects percentages; kept as an error, never a panic.
+            Ok(SizeSpec::Percent(_)) => {
+                return Err(format!(
+                    "--capacity '{text}': a percentage is not allowed here"
+                ));
+            }
+            Err(e) => return Err(format!("--capacity: {e}")),
+        },
+        (None, ShardSize::Auto) => {
+            return Err(
+                "--shard-size auto needs --capacity SIZE (the cache capacity to fit the shard to)"
+                    .into(),
+            );
+        }
+        (None, ShardSize::Full) => 0,
+    };
+    if args.capacity.is_some() && sa.shard_size == ShardSize::Full {
+        eprintln!("bicache: note: --capacity only matters with --shard-size auto");
+    }
+    let sizing = sizing_for(sa, capacity)?;
+    let visible = AlwaysVisible::new(&sa.always_visible)?;
+    // Before the (possibly long) listing, so a missing variable fails at once.
+    let shard = resolve_shard(sa, &|k| std::env::var(k).ok())?;
+    let files = list_dataset(&args.source, sa.manifest.as_deref(), None)?;
+    let plan = make_plan(files, &visible, shard.as_ref(), sa.seed, sizing.as_ref());
+
+    let mut out = BufWriter::new(io::stdout().lock());
+    let written = plan.files.iter().try_for_each(|f| {
+        out.write_all(path_bytes(&f.path))?;
+        out.write_all(b"\n")
+    });
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => {}
+        // `bicache plan ... | head` is not an error.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(e) => return Err(format!("cannot write the shard list: {e}")),
+    }
+    eprintln!("{}", summary(&plan, shard.as_ref(), sizing.as_ref()));
+    Ok(())
+}
