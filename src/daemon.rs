@@ -172,7 +172,11 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     );
 
     let stats = Arc::new(Stats::default());
-    let source = Arc::new(Source::new(cfg.source.clone(), stats.clone()));
+    let source = Arc::new(Source::open_dataset(
+        &cfg.source,
+        stats.clone(),
+        cfg.metadata_ttl.is_none(),
+    )?);
     let disk = if cfg.disk_bytes > 0 {
         match DiskTier::open(
             &cfg.cache_dir,
@@ -203,7 +207,7 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
         stats.clone(),
     );
     let has_disk = cache.has_disk();
-    let shard = plan_shard(cfg, &cache, &stats, has_disk)?;
+    let shard = plan_shard(cfg, &source, &cache, &stats, has_disk)?;
     let tree = Tree::new(source, cfg.metadata_ttl, shard.view);
     let passthrough_depth = (cfg.passthrough && has_disk).then(|| stack_depth(&cfg.cache_dir));
     let fs = BicacheFs::new(
@@ -287,6 +291,7 @@ struct ShardSetup {
 /// it: the walk costs metadata operations on the shared filesystem), pins its files.
 fn plan_shard(
     cfg: &MountConfig,
+    source: &Source,
     cache: &ChunkCache,
     stats: &Stats,
     has_disk: bool,
@@ -304,7 +309,7 @@ fn plan_shard(
         });
     }
     let started = std::time::Instant::now();
-    let files = list_dataset(&cfg.source, sa.manifest.as_deref(), Some(&cfg.cache_dir))?;
+    let files = list_dataset(source, sa.manifest.as_deref(), Some(&cfg.cache_dir))?;
     info!(
         files = files.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -339,11 +344,7 @@ fn plan_shard(
     stats.shard_files.store(plan.files.len() as u64, Relaxed);
     stats.shard_bytes.store(plan.shard_bytes, Relaxed);
 
-    let cached: Vec<CachedFile> = plan
-        .files
-        .iter()
-        .map(|f| cache.file_of(f.path.clone(), f.size, f.mtime_ns))
-        .collect();
+    let cached: Vec<CachedFile> = plan.files.iter().map(|f| cache.file(f.clone())).collect();
     if cfg.pin == PinPolicy::Set {
         cache.set_pinned_files(&cached);
     } else if cfg.pin == PinPolicy::All {

@@ -6,33 +6,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::fs::Metadata;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 
-use crate::source::{FileVersion, Source, mtime_ns};
+pub use crate::source::Kind;
+use crate::source::{FileVersion, Source, SourceDir, Stat};
 
 pub const ROOT_INO: u64 = 1;
 /// Threads that stat a large directory's entries at once.
 const LIST_THREADS: usize = 8;
 /// Inodes below this are reserved for the control files (see fs.rs).
 pub const FIRST_DATA_INO: u64 = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Fifo,
-    CharDev,
-    BlockDev,
-    Socket,
-}
 
 /// The attributes mirrored from the source.
 #[derive(Debug, Clone)]
@@ -51,6 +39,9 @@ pub struct Attr {
     pub mtime: SystemTime,
     pub ctime: SystemTime,
     pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    /// The source's inode number.
+    pub src_ino: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -89,49 +80,32 @@ pub struct ShardView {
     pub restrict: bool,
 }
 
-fn time(secs: i64, nsecs: i64) -> SystemTime {
+fn time((secs, nsecs): (i64, u32)) -> SystemTime {
     if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs)
     } else {
         UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs as u64)
     }
 }
 
-fn kind_of(meta: &Metadata) -> Kind {
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else if ft.is_char_device() {
-        Kind::CharDev
-    } else if ft.is_block_device() {
-        Kind::BlockDev
-    } else if ft.is_socket() {
-        Kind::Socket
-    } else {
-        Kind::File
-    }
-}
-
-fn attr_from(ino: u64, meta: &Metadata) -> Attr {
+fn attr_from(ino: u64, st: &Stat) -> Attr {
     Attr {
         ino,
-        kind: kind_of(meta),
-        size: meta.size(),
-        blocks: meta.blocks(),
-        perm: (meta.mode() & 0o7777) as u16,
-        nlink: meta.nlink() as u32,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        rdev: meta.rdev() as u32,
-        blksize: meta.blksize() as u32,
-        atime: time(meta.atime(), meta.atime_nsec()),
-        mtime: time(meta.mtime(), meta.mtime_nsec()),
-        ctime: time(meta.ctime(), meta.ctime_nsec()),
-        mtime_ns: mtime_ns(meta),
+        kind: st.kind(),
+        size: st.size(),
+        blocks: st.blocks(),
+        perm: st.perm(),
+        nlink: st.nlink(),
+        uid: st.uid(),
+        gid: st.gid(),
+        rdev: st.rdev(),
+        blksize: st.blksize(),
+        atime: time(st.atime()),
+        mtime: time(st.mtime()),
+        ctime: time(st.ctime()),
+        mtime_ns: st.mtime_ns(),
+        ctime_ns: st.ctime_ns(),
+        src_ino: st.ino(),
     }
 }
 
@@ -291,11 +265,12 @@ impl Tree {
         let path = self
             .path_of(ino)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
-        let mut names = self.source.list_dir(&path)?;
+        let dir = self.source.open_dir(&path)?;
+        let mut names: Vec<OsString> = dir.entries()?.into_iter().map(|e| e.name).collect();
         names.sort();
         // The entries' lstats overlap: on a shared filesystem each one is a round trip,
         // and a class folder of thousands of files would otherwise cost them in series.
-        let metas = self.lstat_all(&path, &names);
+        let metas = lstat_all(&dir, &names);
         let mut entries = Vec::with_capacity(names.len());
         for (name, meta) in names.into_iter().zip(metas) {
             let child_ino = self.ino_for(&path.join(&name));
@@ -319,25 +294,6 @@ impl Tree {
             n.listing = Some((listing.clone(), Instant::now()));
         }
         Ok(listing)
-    }
-
-    /// lstat of every name in `dir`, in order, on up to LIST_THREADS threads.
-    fn lstat_all(&self, dir: &Path, names: &[OsString]) -> Vec<io::Result<Metadata>> {
-        let one = |name: &OsString| self.source.lstat(&dir.join(name));
-        if names.len() < 64 {
-            return names.iter().map(one).collect();
-        }
-        let per = names.len().div_ceil(LIST_THREADS);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = names
-                .chunks(per)
-                .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|h| h.join().expect("lstat thread panicked"))
-                .collect()
-        })
     }
 
     /// The cached attributes of an entry just listed (for readdirplus).
@@ -376,6 +332,8 @@ impl Tree {
                 path,
                 size: attr.size,
                 mtime_ns: attr.mtime_ns,
+                ctime_ns: attr.ctime_ns,
+                ino: attr.src_ino,
             },
             attr,
         ))
@@ -398,4 +356,23 @@ impl Tree {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
         self.source.list_xattr(&path)
     }
+}
+
+/// lstat of every name in `dir`, in order, on up to LIST_THREADS threads.
+fn lstat_all(dir: &SourceDir<'_>, names: &[OsString]) -> Vec<io::Result<Stat>> {
+    let one = |name: &OsString| dir.stat(name);
+    if names.len() < 64 {
+        return names.iter().map(one).collect();
+    }
+    let per = names.len().div_ceil(LIST_THREADS);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = names
+            .chunks(per)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("lstat thread panicked"))
+            .collect()
+    })
 }

@@ -11,7 +11,7 @@ pub mod ram;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::PathBuf;
+
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -244,6 +244,7 @@ impl ChunkCache {
         h.update(&[0]);
         h.update(&version.size.to_le_bytes());
         h.update(&version.mtime_ns.to_le_bytes());
+        h.update(&version.ctime_ns.to_le_bytes());
         h.update(&self.chunk_size.to_le_bytes());
         CachedFile {
             key: h.digest128(),
@@ -379,11 +380,7 @@ impl ChunkCache {
         if !meta.is_file() {
             return Ok(PrefetchOutcome::Cached);
         }
-        let fresh = self.file(FileVersion {
-            path: planned.version.path.clone(),
-            size: meta.len(),
-            mtime_ns: crate::source::mtime_ns(&meta),
-        });
+        let fresh = self.file(FileVersion::of(planned.version.path.clone(), &meta));
         if fresh.key != planned.key && self.pin == PinPolicy::Set {
             self.pinned_files.write().insert(fresh.key);
         }
@@ -430,15 +427,6 @@ impl ChunkCache {
             self.get_chunk(file, index, Purpose::Prefetch)?;
         }
         Ok(PrefetchOutcome::Cached)
-    }
-
-    /// Opens a file version for the cache (see `file`), by its parts.
-    pub fn file_of(&self, path: PathBuf, size: u64, mtime_ns: i128) -> CachedFile {
-        self.file(FileVersion {
-            path,
-            size,
-            mtime_ns,
-        })
     }
 
     /// Returns one chunk from the fastest tier that has it.
@@ -527,24 +515,18 @@ impl ChunkCache {
         if count && self.disk.is_some() {
             self.stats.disk_misses.fetch_add(1, Relaxed);
         }
-        let fetched = self
+        let data = self
             .source
             .read_chunk(&file.version, key.index * self.chunk_size, len)
             .inspect_err(|e| {
                 self.stats.source_errors.fetch_add(1, Relaxed);
-                debug!(path = %file.version.path.display(), "source read failed: {e}");
+                if e.raw_os_error() == Some(libc::ESTALE) {
+                    warn!(path = %file.version.path.display(),
+                          "the source no longer holds the version being read: stale");
+                } else {
+                    debug!(path = %file.version.path.display(), "source read failed: {e}");
+                }
             })?;
-        let data = fetched.data;
-        if !fetched.version_matches {
-            // The source file changed since it was opened. Serve what is there now (as the
-            // source itself would), but never file it under the old version's key.
-            warn!(path = %file.version.path.display(), "source file changed while open; not caching");
-            return Ok((Arc::new(data), false));
-        }
-        if data.len() != len {
-            // Shorter than its size said: the file shrank underneath us.
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
         let chunk = Arc::new(data);
         if self.disk.is_some() {
             self.queue_write((key, chunk.clone(), pin));

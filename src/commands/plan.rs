@@ -4,17 +4,19 @@
 use std::io::{self, BufWriter, Write};
 
 use crate::cli::{PlanArgs, ShardSize};
-use crate::shard::{
-    AlwaysVisible, check_source, list_dataset, make_plan, path_bytes, resolve_shard, sizing_for,
-    summary,
-};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use crate::shard::{AlwaysVisible, list_dataset, make_plan, resolve_shard, sizing_for, summary};
 use crate::size::{SizeSpec, parse_size};
+use crate::source::Source;
+use crate::stats::Stats;
 
 /// `bicache plan SOURCE [sharding options] [--capacity SIZE]`: this shard's relative paths
 /// on stdout, one a line in prefetch order (raw bytes: a name need not be UTF-8), and a
 /// summary on stderr.
 pub fn run(args: &PlanArgs) -> Result<(), String> {
-    check_source(&args.source)?;
+    let source = Source::open_dataset(&args.source, Arc::new(Stats::default()), false)?;
     let sa = &args.shard;
     let capacity = match (&args.capacity, sa.shard_size) {
         (Some(text), _) => match parse_size(text, false) {
@@ -42,12 +44,12 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
     let visible = AlwaysVisible::new(&sa.always_visible)?;
     // Before the (possibly long) listing, so a missing variable fails at once.
     let shard = resolve_shard(sa, &|k| std::env::var(k).ok())?;
-    let files = list_dataset(&args.source, sa.manifest.as_deref(), None)?;
+    let files = list_dataset(&source, sa.manifest.as_deref(), None)?;
     let plan = make_plan(files, &visible, shard.as_ref(), sa.seed, sizing.as_ref());
 
     let mut out = BufWriter::new(io::stdout().lock());
     let written = plan.files.iter().try_for_each(|f| {
-        out.write_all(path_bytes(&f.path))?;
+        out.write_all(f.path.as_os_str().as_bytes())?;
         out.write_all(b"\n")
     });
     match written.and_then(|()| out.flush()) {

@@ -1066,3 +1066,45 @@ impl Drop for MountGuard {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// A second Unix user
+// ---------------------------------------------------------------------------
+
+pub const NOBODY_UID: u32 = 65534;
+pub const NOBODY_GID: u32 = 65534;
+
+/// Runs `cmd args...` as the user `nobody` (setpriv, no supplementary groups), with a
+/// timeout; the real peer for every permission test.
+pub fn as_nobody(cmd: &str, args: &[&OsStr]) -> CmdOut {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--",
+        cmd,
+    ])
+    .args(args);
+    run_cmd(c, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Lets `nobody` walk down to `p` (temp dirs are created 0700): adds o+x to every
+/// ancestor under /tmp.
+pub fn open_path_for_nobody(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cur = p.to_path_buf();
+    while let Some(parent) = cur.parent() {
+        if parent == Path::new("/") || parent == Path::new("/tmp") {
+            break;
+        }
+        let mode = fs::metadata(parent).unwrap().permissions().mode();
+        fs::set_permissions(parent, fs::Permissions::from_mode(mode | 0o055)).unwrap();
+        cur = parent.to_path_buf();
+    }
+}
+
+pub fn chown(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+}

@@ -1,0 +1,348 @@
+//! The dataset's file list, read through `Source`: a parallel walk of SOURCE, or the
+//! paths of a manifest checked one by one. Used by sharding and prefetch.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use super::{FileVersion, Kind, Source, sort_by_path};
+use crate::CONTROL_DIR;
+
+/// Threads for the walk and the manifest's lstats. The work is latency-bound (one metadata
+/// round trip per entry on a shared filesystem), not CPU-bound, so more threads than cores
+/// pay off; a few are enough to hide most of the latency without flooding the server.
+const META_THREADS: usize = 8;
+
+/// Parallel walk: a few threads share a queue of directories still to list. A thread that
+/// finds the queue empty waits while others are still listing (they may add more); the
+/// walk ends when the queue is empty and nobody is busy, or at the first error.
+pub fn walk(source: &Source) -> Result<Vec<FileVersion>, String> {
+    struct Queue {
+        dirs: Vec<PathBuf>,
+        busy: usize,
+        error: Option<String>,
+    }
+    let queue = Mutex::new(Queue {
+        dirs: vec![PathBuf::new()],
+        busy: 0,
+        error: None,
+    });
+    let cond = Condvar::new();
+    let worker = || {
+        let mut found = Vec::new();
+        let mut subdirs = Vec::new();
+        loop {
+            let dir = {
+                let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if q.error.is_some() || (q.dirs.is_empty() && q.busy == 0) {
+                        cond.notify_all();
+                        return found;
+                    }
+                    if let Some(d) = q.dirs.pop() {
+                        q.busy += 1;
+                        break d;
+                    }
+                    q = cond.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            // A panic here would leave `busy` raised and the other threads waiting forever;
+            // as an error it ends the walk like any other.
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                scan_dir(source, &dir, &mut found, &mut subdirs)
+            }))
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "internal error while listing '{}'",
+                    source.root_path().join(&dir).display()
+                ))
+            });
+            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.busy -= 1;
+            q.dirs.append(&mut subdirs);
+            if let Err(e) = res {
+                q.error.get_or_insert(e);
+            }
+            cond.notify_all();
+        }
+    };
+    let parts: Vec<Vec<FileVersion>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..META_THREADS).map(|_| s.spawn(worker)).collect();
+        handles.into_iter().map(join_or_resume).collect()
+    });
+    if let Some(e) = queue.into_inner().unwrap_or_else(|p| p.into_inner()).error {
+        return Err(e);
+    }
+    let mut files: Vec<FileVersion> = parts.into_iter().flatten().collect();
+    sort_by_path(&mut files);
+    Ok(files)
+}
+
+/// Lists one directory. An unreadable directory is an error rather than skipped: a node
+/// that silently saw fewer files would compute a different partition from the others.
+/// An entry that vanished between readdir and lstat is just gone. Only regular files are
+/// stat-ed (directories are known by their type alone).
+fn scan_dir(
+    source: &Source,
+    rel: &Path,
+    files: &mut Vec<FileVersion>,
+    dirs: &mut Vec<PathBuf>,
+) -> Result<(), String> {
+    let full = source.root_path().join(rel);
+    let cannot = |e: io::Error| format!("cannot list directory '{}': {e}", full.display());
+    let dir = source.open_dir(rel).map_err(cannot)?;
+    for entry in dir.entries().map_err(cannot)? {
+        if rel.as_os_str().is_empty() && entry.name == CONTROL_DIR {
+            continue;
+        }
+        let child = rel.join(&entry.name);
+        let stat_err = |e: io::Error| {
+            format!(
+                "cannot lstat '{}': {e}",
+                source.root_path().join(&child).display()
+            )
+        };
+        let kind = match entry.kind {
+            Some(k) => k,
+            // The filesystem did not give the type: ask.
+            None => match dir.stat(&entry.name) {
+                Ok(st) => st.kind(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(stat_err(e)),
+            },
+        };
+        match kind {
+            Kind::Dir => dirs.push(child),
+            Kind::File => match dir.stat(&entry.name) {
+                Ok(st) if st.is_file() => files.push(FileVersion::of(child, &st)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(stat_err(e)),
+            },
+            // Symlinks, fifos, sockets and devices are not dataset files.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A thread's result; a panic is passed on, never turned into a silently shorter list.
+fn join_or_resume<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Runs `f` over `items` on a few threads; results in input order.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let threads = META_THREADS.min(items.len()).max(1);
+    let parts: Vec<Vec<(usize, R)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        out.push((i, f(item)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(join_or_resume).collect()
+    });
+    let mut all: Vec<(usize, R)> = parts.into_iter().flatten().collect();
+    all.sort_unstable_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A manifest line's text for a message: one line, control characters escaped.
+fn show(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for c in String::from_utf8_lossy(bytes).chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A manifest path as a clean relative path ("./a//b" -> "a/b"), so that the same file
+/// always sorts, and so lands in a shard, the same way.
+pub fn normalize_rel(text: &[u8]) -> Result<PathBuf, &'static str> {
+    let mut out = PathBuf::new();
+    for c in Path::new(OsStr::from_bytes(text)).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("'..' is not allowed (paths stay inside SOURCE)"),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("absolute path (give paths relative to SOURCE)");
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err("names SOURCE itself, not a file");
+    }
+    if out.components().next() == Some(Component::Normal(OsStr::new(CONTROL_DIR))) {
+        return Err("'.bicache' at the top is reserved for the mount's control files");
+    }
+    Ok(out)
+}
+
+pub fn read_manifest(source: &Source, manifest: &Path) -> Result<Vec<FileVersion>, String> {
+    let data = fs::read(manifest)
+        .map_err(|e| format!("cannot read manifest '{}': {e}", manifest.display()))?;
+    let bad = |line: usize, text: &[u8], reason: &str| {
+        format!(
+            "manifest {} line {line}: '{}': {reason}",
+            manifest.display(),
+            show(text)
+        )
+    };
+    let mut entries: Vec<(usize, &[u8], PathBuf)> = Vec::new();
+    for (i, line) in data.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() || line[0] == b'#' {
+            continue;
+        }
+        let rel = normalize_rel(line).map_err(|r| bad(i + 1, line, r))?;
+        entries.push((i + 1, line, rel));
+    }
+    let stats = par_map(&entries, |(_, _, rel)| source.lstat(rel));
+    let mut files = Vec::with_capacity(entries.len());
+    // Errors in line order, so the message names the first bad line whatever the threads did.
+    for ((line, text, rel), st) in entries.into_iter().zip(stats) {
+        match st {
+            Ok(m) if m.is_file() => files.push(FileVersion::of(rel, &m)),
+            Ok(m) if m.kind() == Kind::Dir => {
+                return Err(bad(line, text, "is a directory, not a file"));
+            }
+            Ok(m) if m.kind() == Kind::Symlink => {
+                return Err(bad(
+                    line,
+                    text,
+                    "is a symlink (symlinks are not followed: list the file it points to)",
+                ));
+            }
+            Ok(_) => return Err(bad(line, text, "is not a regular file")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(bad(line, text, "no such file in SOURCE"));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(bad(
+                    line,
+                    text,
+                    "a folder on its path is a symlink (symlinks are not followed)",
+                ));
+            }
+            Err(e) => return Err(bad(line, text, &e.to_string())),
+        }
+    }
+    sort_by_path(&mut files);
+    // A file listed twice must not be counted (and assigned) twice.
+    files.dedup_by(|a, b| a.path == b.path);
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+
+    fn source(root: &Path) -> Source {
+        Source::open(root, Arc::new(crate::stats::Stats::default()), false).unwrap()
+    }
+
+    fn names(files: &[FileVersion]) -> Vec<String> {
+        files
+            .iter()
+            .map(|f| f.path.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("src");
+        for (p, n) in [
+            ("a/one", 10),
+            ("a/b/two", 20),
+            ("a/b/c/three", 30),
+            ("top", 1),
+            (".bicache/hidden", 5),
+            ("x/.bicache", 6),
+            ("z/.zarray", 2),
+        ] {
+            let full = root.join(p);
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            fs::write(&full, vec![0u8; n]).unwrap();
+        }
+        fs::create_dir_all(root.join("empty/dir")).unwrap();
+        std::os::unix::fs::symlink("top", root.join("link")).unwrap();
+        std::os::unix::fs::symlink("a", root.join("dirlink")).unwrap();
+        (t, root)
+    }
+
+    #[test]
+    fn walk_lists_regular_files_only() {
+        let (_t, root) = tree();
+        let files = walk(&source(&root)).unwrap();
+        assert_eq!(
+            names(&files),
+            [
+                "a/b/c/three",
+                "a/b/two",
+                "a/one",
+                "top",
+                "x/.bicache",
+                "z/.zarray"
+            ]
+        );
+        assert_eq!(files[0].size, 30);
+        let m = fs::metadata(root.join("top")).unwrap();
+        assert_eq!(
+            files[3].mtime_ns,
+            m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+        );
+        assert_eq!(files[3].ino, m.ino());
+    }
+
+    #[test]
+    fn manifest_lists_and_checks() {
+        let (t, root) = tree();
+        let m = t.path().join("manifest.txt");
+        fs::write(&m, "# comment\n\na/one\r\n./a/b//two\ntop\na/one\n").unwrap();
+        let files = read_manifest(&source(&root), &m).unwrap();
+        assert_eq!(names(&files), ["a/b/two", "a/one", "top"]);
+        assert_eq!(files[0].size, 20);
+
+        for (line, reason) in [
+            ("/etc/passwd", "absolute"),
+            ("a/../top", "'..'"),
+            ("missing", "no such file"),
+            ("a/b", "directory"),
+            ("link", "symlink"),
+            (".", "SOURCE itself"),
+            (".bicache/hidden", "reserved"),
+            ("dirlink/one", "symlink"),
+        ] {
+            fs::write(&m, format!("top\n# c\n{line}\na/one\n")).unwrap();
+            let e = read_manifest(&source(&root), &m).unwrap_err();
+            let want = format!("manifest {} line 3: '{line}': ", m.display());
+            assert!(e.starts_with(&want), "{e}");
+            assert!(e.contains(reason), "{e}");
+        }
+        fs::write(&m, b"top\nbad\x01\xffname\n").unwrap();
+        let e = read_manifest(&source(&root), &m).unwrap_err();
+        assert!(e.contains("line 2: 'bad\\u{1}\u{fffd}name'"), "{e}");
+        let e = read_manifest(&source(&root), &t.path().join("nope")).unwrap_err();
+        assert!(e.contains("cannot read manifest"), "{e}");
+    }
+}

@@ -1,0 +1,147 @@
+//! Safe on a shared node: source access that cannot leave SOURCE, whatever another user
+//! does to the dataset while it is mounted (docs/SECURITY.md names these tests).
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A source with a folder `user/` that `nobody` may write, and a root-only folder beside
+/// the source whose file is world-readable (only the folder protects it).
+fn shared_node() -> (Scratch, std::path::PathBuf) {
+    let s = Scratch::new();
+    let user = s.dir("user");
+    chown(&user, NOBODY_UID, NOBODY_GID);
+    fs::set_permissions(&s.src, fs::Permissions::from_mode(0o755)).unwrap();
+    let private = s.base.join("private");
+    fs::create_dir(&private).unwrap();
+    fs::write(private.join("secret.txt"), b"root's secret").unwrap();
+    fs::set_permissions(
+        private.join("secret.txt"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    open_path_for_nobody(&s.src.join("user"));
+    (s, private)
+}
+
+fn nobody_reads(path: &std::path::Path) -> CmdOut {
+    as_nobody("cat", &[path.as_os_str()])
+}
+
+/// The attack of issue 9: make a folder, let the mount see it, swap it for a symlink into
+/// a folder only root may enter, read through the mount. Once for a folder only looked up
+/// (stat), once for a folder listed (ls) with a decoy of the same name inside.
+#[test]
+fn a_folder_swapped_for_a_symlink_never_leads_outside_the_source() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let (s, private) = shared_node();
+    // Checked first: the secret really is out of nobody's reach at the source.
+    let direct = nobody_reads(&private.join("secret.txt"));
+    assert!(
+        !direct.status.success(),
+        "test setup: nobody can read the secret directly"
+    );
+
+    let m = s.mount(&["--allow-other", "--disk", "16MiB"]);
+    open_path_for_nobody(&m.mountpoint);
+    for variant in ["looked up", "listed"] {
+        let name = format!("d-{}", variant.replace(' ', "-"));
+        let at_source = s.src.join("user").join(&name);
+        // nobody makes the folder (with a decoy file for the listed variant)...
+        assert!(
+            as_nobody("mkdir", &[at_source.as_os_str()])
+                .status
+                .success()
+        );
+        if variant == "listed" {
+            // Not empty: reading it must go to the source.
+            let decoy = at_source.join("secret.txt");
+            let script = format!("echo decoy > '{}'", decoy.display());
+            assert!(
+                as_nobody("sh", &[OsStr::new("-c"), OsStr::new(&script)])
+                    .status
+                    .success()
+            );
+        }
+        let through_mount = m.path("user").join(&name);
+        if variant == "looked up" {
+            assert!(
+                as_nobody("stat", &[through_mount.as_os_str()])
+                    .status
+                    .success()
+            );
+        } else {
+            let out = as_nobody("ls", &[OsStr::new("-l"), through_mount.as_os_str()]);
+            assert!(out.status.success(), "{}", out.describe());
+            assert!(out.stdout.contains("secret.txt"), "{}", out.stdout);
+        }
+        // ...swaps it for a symlink into root's private folder...
+        let aside = s.src.join("user").join(format!("{name}-aside"));
+        assert!(
+            as_nobody("mv", &[at_source.as_os_str(), aside.as_os_str()])
+                .status
+                .success()
+        );
+        assert!(
+            as_nobody(
+                "ln",
+                &[OsStr::new("-s"), private.as_os_str(), at_source.as_os_str()]
+            )
+            .status
+            .success()
+        );
+        // ...and reads "its" file through the mount.
+        let out = nobody_reads(&through_mount.join("secret.txt"));
+        assert!(
+            !out.stdout.contains("secret"),
+            "{variant}: nobody read root's file through the mount: {}",
+            out.describe()
+        );
+        assert!(!out.status.success(), "{variant}: {}", out.describe());
+        // Root, too, gets nothing from outside the source through this path.
+        let root_read = fs::read(through_mount.join("secret.txt"));
+        assert!(
+            !root_read.as_deref().unwrap_or(b"").starts_with(b"root's"),
+            "{variant}: the daemon followed the symlink for root"
+        );
+    }
+}
+
+/// A FIFO put in place of a file the mount knows as a regular file: the read fails at
+/// once (an open of a FIFO would block a FUSE thread forever).
+#[test]
+fn a_fifo_swapped_in_for_a_file_gives_an_error_not_a_hang() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    s.file("data.bin", 300_000, 1);
+    let m = s.mount(&["--disk", "16MiB", "--chunk-size", "64KiB"]);
+    // The mount learns the file's attributes (kept for the metadata TTL).
+    assert_eq!(fs::metadata(m.path("data.bin")).unwrap().len(), 300_000);
+    fs::remove_file(s.src.join("data.bin")).unwrap();
+    nix::unistd::mkfifo(&s.src.join("data.bin"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = m.path("data.bin");
+    std::thread::spawn(move || {
+        let _ = tx.send(fs::read(&p).map(|d| d.len()));
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a read through the mount hung on a FIFO at the source");
+    let e = got.expect_err("bytes read from a FIFO as if it were the file");
+    assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The daemon still serves.
+    s.file("other.bin", 1000, 2);
+    assert_eq!(fs::read(m.path("other.bin")).unwrap().len(), 1000);
+}
