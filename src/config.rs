@@ -3,11 +3,11 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::cache::PinPolicy;
+use crate::cachedir::{CacheDir, Class, location};
 use crate::cli::{CachePolicy, MountArgs, OnOff, ShardArgs};
 use crate::shard::{AlwaysVisible, ShardId, resolve_shard};
 use crate::size::{SizeSpec, human, parse_size};
@@ -16,11 +16,12 @@ use crate::size::{SizeSpec, human, parse_size};
 pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
 pub const MIN_CHUNK_SIZE: u64 = 4 << 10;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MountConfig {
     pub source: PathBuf,
     pub mountpoint: PathBuf,
-    pub cache_dir: PathBuf,
+    /// The folder bicache owns (maybe a `bicache/` subfolder of the one given).
+    pub cache_dir: CacheDir,
     pub ram_bytes: u64,
     pub disk_bytes: u64,
     pub chunk_size: u64,
@@ -33,6 +34,8 @@ pub struct MountConfig {
     pub fetch_threads: usize,
     /// Messages worth a warning once logging is up (e.g. a budget larger than the disk).
     pub warnings: Vec<String>,
+    /// Messages worth an info line once logging is up (e.g. where the cache went).
+    pub notes: Vec<String>,
     pub shard_args: ShardArgs,
     /// None: `--shard none` (the whole dataset is this mount's).
     pub shard: Option<ShardId>,
@@ -59,6 +62,7 @@ fn fail<T>(msg: String) -> Result<T, ConfigError> {
 impl MountConfig {
     pub fn from_args(args: &MountArgs) -> Result<MountConfig, ConfigError> {
         let mut warnings = Vec::new();
+        let mut notes = Vec::new();
         // Sizes first: they need no filesystem access and are the commonest typo.
         let ram = parse_size(&args.ram, true).or_else(|e| fail(format!("--ram: {e}")))?;
         let disk = parse_size(&args.disk, true).or_else(|e| fail(format!("--disk: {e}")))?;
@@ -119,35 +123,78 @@ impl MountConfig {
             ));
         }
 
-        let cache_dir = match &args.cache_dir {
-            Some(dir) => absolute_lexical(dir).or_else(|e| {
-                fail(format!(
-                    "--cache-dir: cannot resolve {}: {e}",
-                    dir.display()
-                ))
-            })?,
-            None => default_cache_dir(&source),
+        let (requested, explicit) = match &args.cache_dir {
+            Some(dir) => (
+                absolute_lexical(dir).or_else(|e| {
+                    fail(format!(
+                        "--cache-dir: cannot resolve {}: {e}",
+                        dir.display()
+                    ))
+                })?,
+                true,
+            ),
+            None => {
+                let choice = location::default_cache_dir(&source, &|k| std::env::var_os(k))
+                    .map_err(ConfigError)?;
+                for s in &choice.skipped {
+                    warnings.push(format!("default cache dir: passed over {s}"));
+                }
+                if let Some(w) = &choice.warning {
+                    warnings.push(w.clone());
+                }
+                notes.push(format!(
+                    "default cache dir {}: {}",
+                    choice.path.display(),
+                    choice.why
+                ));
+                (choice.path, false)
+            }
         };
-        let cache_resolved = resolve_through_existing(&cache_dir);
+        let cache_resolved = resolve_through_existing(&requested);
         for (what, root) in [("source", &source), ("mountpoint", &mountpoint)] {
             if cache_resolved.starts_with(root) {
                 return fail(format!(
                     "--cache-dir {} is inside the {what} {}; put it on local disk elsewhere",
-                    cache_dir.display(),
+                    requested.display(),
                     root.display()
                 ));
             }
+            // bicache owns everything in its cache dir: the dataset cannot live there.
+            if root.starts_with(&cache_resolved) {
+                return fail(format!(
+                    "the {what} {} is inside --cache-dir {}; give a cache dir of its own",
+                    root.display(),
+                    requested.display()
+                ));
+            }
+        }
+        let cache_dir = CacheDir::claim(&requested).map_err(ConfigError)?;
+        if cache_dir.path() != requested {
+            notes.push(format!(
+                "{} holds other files: the cache lives in {}",
+                requested.display(),
+                cache_dir.path().display()
+            ));
+        }
+        let fs_type = cache_dir.fs_type();
+        if explicit && fs_type.class() == Class::Remote {
+            let msg = format!(
+                "--cache-dir {} is on {}, a network or FUSE filesystem: every cached read goes                  over the network again. Use a node-local disk for the cache.",
+                cache_dir.path().display(),
+                fs_type.name()
+            );
+            eprintln!("bicache: WARNING: {msg}");
+            warnings.push(msg);
         }
 
         let ram_bytes = ram.resolve(mem_available());
         let disk_bytes = if disk == SizeSpec::Bytes(0) {
             0
         } else {
-            create_private_dir(&cache_dir)?;
-            let (free, total) = fs_space(&cache_dir).or_else(|e| {
+            let (free, total) = fs_space(cache_dir.path()).or_else(|e| {
                 fail(format!(
                     "--cache-dir: cannot read free space of {}: {e}",
-                    cache_dir.display()
+                    cache_dir.path().display()
                 ))
             })?;
             let bytes = disk.resolve(free);
@@ -157,14 +204,12 @@ impl MountConfig {
                      degrades to RAM and source reads",
                     args.disk,
                     human(bytes),
-                    cache_dir.display(),
+                    cache_dir.path().display(),
                     human(total)
                 ));
             }
             bytes
         };
-        // The lock file and log live in the cache dir even without an SSD tier.
-        create_private_dir(&cache_dir)?;
 
         Ok(MountConfig {
             source,
@@ -184,6 +229,7 @@ impl MountConfig {
             fuse_threads: args.fuse_threads,
             fetch_threads: args.fetch_threads,
             warnings,
+            notes,
             shard_args: args.shard.clone(),
             prefetch: match args.prefetch {
                 Some(OnOff::On) => true,
@@ -284,45 +330,6 @@ fn resolve_through_existing(path: &Path) -> PathBuf {
             _ => return path.to_path_buf(),
         }
     }
-}
-
-fn default_cache_dir(source: &Path) -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    // One cache dir per source: each has one owning daemon (see the lock in cache/disk.rs).
-    let tag = xxhash_rust::xxh3::xxh3_64(source.as_os_str().as_encoded_bytes());
-    base.join("bicache").join(format!("{tag:016x}"))
-}
-
-/// Creates DIR (and parents) with mode 0700; an existing dir is left as it is.
-pub fn create_private_dir(dir: &Path) -> Result<(), ConfigError> {
-    match fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => {}
-        Err(e) => {
-            return fail(format!(
-                "--cache-dir {}: cannot create: {}",
-                dir.display(),
-                io_reason(&e)
-            ));
-        }
-    }
-    let meta = fs::metadata(dir)
-        .or_else(|e| fail(format!("--cache-dir {}: {}", dir.display(), io_reason(&e))))?;
-    if !meta.is_dir() {
-        return fail(format!("--cache-dir {}: not a directory", dir.display()));
-    }
-    // recursive(true) applies the mode only to dirs it made; the leaf must be private anyway.
-    if meta.permissions().mode() & 0o077 != 0 {
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-    }
-    Ok(())
 }
 
 /// MemAvailable from /proc/meminfo, in bytes (falls back to 1 GiB if unreadable).

@@ -25,22 +25,8 @@ use crate::stats::Stats;
 use crate::tree::ShardView;
 use crate::tree::Tree;
 
-/// FUSE passthrough needs the mount to sit above its backing files in the kernel's stack
-/// of filesystems: one level above a plain disk filesystem, two above a stacked one
-/// (overlayfs, as in containers, or another FUSE mount). Higher than needed would only
-/// stop others from stacking on bicache.
-fn stack_depth(cache_dir: &Path) -> u32 {
-    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    const ECRYPTFS_SUPER_MAGIC: i64 = 0xf15f;
-    match nix::sys::statfs::statfs(cache_dir) {
-        Ok(st) => match st.filesystem_type().0 {
-            OVERLAYFS_SUPER_MAGIC | FUSE_SUPER_MAGIC | ECRYPTFS_SUPER_MAGIC => 2,
-            _ => 1,
-        },
-        Err(_) => 1,
-    }
-}
+/// The daemon's log in the cache dir, unless `--log-file` says otherwise.
+pub const LOG_FILE: &str = "bicache.log";
 
 /// Runs `bicache mount`. Returns the process exit code.
 pub fn mount(cfg: MountConfig) -> i32 {
@@ -123,11 +109,21 @@ fn init_logging(cfg: &MountConfig, foreground: bool) {
     // to do): not worth a WARN line in every log.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,fuser::session=error"));
-    let log_path = cfg
-        .log_file
-        .clone()
-        .or_else(|| (!foreground).then(|| cfg.cache_dir.join("bicache.log")));
-    match log_path.and_then(|p| OpenOptions::new().create(true).append(true).open(p).ok()) {
+    // The default log is in the cache dir, opened through its descriptor (never a symlink).
+    let file = match &cfg.log_file {
+        Some(p) => OpenOptions::new().create(true).append(true).open(p).ok(),
+        None if !foreground => cfg
+            .cache_dir
+            .open_file(
+                LOG_FILE,
+                nix::fcntl::OFlag::O_WRONLY
+                    | nix::fcntl::OFlag::O_APPEND
+                    | nix::fcntl::OFlag::O_CREAT,
+            )
+            .ok(),
+        None => None,
+    };
+    match file {
         Some(file) => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
@@ -161,10 +157,17 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     for w in &cfg.warnings {
         warn!("{w}");
     }
+    for n in &cfg.notes {
+        info!("{n}");
+    }
+    // One daemon per cache dir, whether or not it has an SSD tier (the log and the walk
+    // cache live there too).
+    let _lock = cfg.cache_dir.lock()?;
     info!(
         source = %cfg.source.display(),
         mountpoint = %cfg.mountpoint.display(),
-        cache_dir = %cfg.cache_dir.display(),
+        cache_dir = %cfg.cache_dir.path().display(),
+        cache_fs = %cfg.cache_dir.fs_type().name(),
         ram = %human(cfg.ram_bytes),
         disk = %human(cfg.disk_bytes),
         chunk = %human(cfg.chunk_size),
@@ -172,6 +175,10 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     );
 
     let stats = Arc::new(Stats::default());
+    let _ = stats.cache_location.set(crate::stats::CacheLocation {
+        dir: cfg.cache_dir.path().display().to_string(),
+        fs_type: cfg.cache_dir.fs_type().name(),
+    });
     let source = Arc::new(Source::open_dataset(
         &cfg.source,
         stats.clone(),
@@ -179,13 +186,12 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     )?);
     let disk = if cfg.disk_bytes > 0 {
         match DiskTier::open(
-            &cfg.cache_dir,
+            cfg.cache_dir.path(),
             cfg.disk_bytes,
             pinned_share(cfg.disk_bytes, cfg.pin),
             stats.clone(),
         ) {
             Ok(d) => Some(d),
-            Err(OpenError::Locked(msg)) => return Err(msg),
             Err(OpenError::Unusable(msg)) => {
                 warn!("SSD tier disabled, serving from RAM and the source: {msg}");
                 None
@@ -209,7 +215,8 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     let has_disk = cache.has_disk();
     let shard = plan_shard(cfg, &source, &cache, &stats, has_disk)?;
     let tree = Tree::new(source, cfg.metadata_ttl, shard.view);
-    let passthrough_depth = (cfg.passthrough && has_disk).then(|| stack_depth(&cfg.cache_dir));
+    let passthrough_depth =
+        (cfg.passthrough && has_disk).then(|| cfg.cache_dir.fs_type().passthrough_stack_depth());
     let fs = BicacheFs::new(
         tree,
         cache.clone(),

@@ -6,6 +6,7 @@
 
 pub mod buf;
 pub mod cache;
+pub mod cachedir;
 pub mod cli;
 pub mod clock;
 pub mod commands;

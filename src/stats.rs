@@ -53,6 +53,16 @@ pub struct Stats {
     pub passthrough_enabled: AtomicU64,
     /// Opens served by FUSE passthrough (their reads never reach the daemon).
     pub passthrough_opens: AtomicU64,
+    /// Where the cache lives, set once at start.
+    pub cache_location: std::sync::OnceLock<CacheLocation>,
+}
+
+/// Where the SSD tier lives: reported so an admin sees at once if a cache landed on a
+/// network filesystem or in RAM.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheLocation {
+    pub dir: String,
+    pub fs_type: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +184,7 @@ impl Stats {
                 enabled: get(&self.passthrough_enabled) == 1,
                 opens: get(&self.passthrough_opens),
             },
+            cache: self.cache_location.get().cloned().unwrap_or_default(),
         }
     }
 
@@ -265,6 +276,7 @@ pub struct Snapshot {
     pub prefetch: PrefetchCounts,
     pub shard: ShardCounts,
     pub passthrough: PassthroughCounts,
+    pub cache: CacheLocation,
 }
 
 fn hit_rate(t: &TierCounts) -> String {
@@ -293,6 +305,10 @@ impl Snapshot {
         let mut line = |label: &str, text: String| {
             let _ = writeln!(out, "{label:<11} {text}");
         };
+        line(
+            "cache dir",
+            format!("{} (on {})", self.cache.dir, self.cache.fs_type),
+        );
         line("chunk size", human(self.chunk_size));
         line(
             "ram",

@@ -38,7 +38,6 @@ const CHUNK_DIR: &str = "chunks-v2";
 const OLD_CHUNK_DIRS: &[&str] = &["chunks-v1"];
 const TMP_DIR: &str = "tmp";
 const FORMAT_FILE: &str = "FORMAT";
-const LOCK_FILE: &str = "lock";
 
 /// Checks a chunk's bytes against the length and checksum its file name promises.
 pub fn verify(entry: &Entry, data: &[u8]) -> Result<(), &'static str> {
@@ -124,12 +123,10 @@ impl Index {
     }
 }
 
-/// Why the SSD tier could not be opened.
+/// Why the SSD tier could not be opened: the cache dir can't be used (read-only,
+/// permissions...), so the mount runs without an SSD tier.
 #[derive(Debug)]
 pub enum OpenError {
-    /// Another daemon owns the cache dir: mounting must fail.
-    Locked(String),
-    /// The cache dir can't be used (read-only, permissions...): run without an SSD tier.
     Unusable(String),
 }
 
@@ -142,8 +139,6 @@ pub struct DiskTier {
     tmp_seq: AtomicU64,
     /// Set after a failed write, cleared by the next good one: one warning per episode.
     failing: AtomicBool,
-    /// Holds the advisory lock that makes this daemon the cache dir's only owner.
-    _lock: File,
 }
 
 impl DiskTier {
@@ -155,7 +150,6 @@ impl DiskTier {
         pinned_capacity: u64,
         stats: Arc<Stats>,
     ) -> Result<DiskTier, OpenError> {
-        let lock = lock_cache_dir(dir)?;
         let chunks = dir.join(CHUNK_DIR);
         let tmp = dir.join(TMP_DIR);
         check_format(dir, &chunks).map_err(OpenError::Unusable)?;
@@ -170,9 +164,21 @@ impl DiskTier {
         for b in 0..256 {
             mkdir(&chunks.join(format!("{b:02x}")))?;
         }
-        // Leftovers of writes cut short by a crash: never renamed, so never visible.
-        let _ = fs::remove_dir_all(&tmp);
         mkdir(&tmp)?;
+        // Leftovers of writes cut short by a crash: never renamed, so never visible. Only
+        // our own names go; anything else is not bicache's to delete.
+        if let Ok(rd) = fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let ours = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".tmp"))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                if ours {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
 
         let tier = DiskTier {
             chunks,
@@ -185,7 +191,6 @@ impl DiskTier {
             stats,
             tmp_seq: AtomicU64::new(0),
             failing: AtomicBool::new(false),
-            _lock: lock,
         };
         tier.stats.disk_capacity.store(capacity, Relaxed);
         tier.rebuild_index();
@@ -203,6 +208,7 @@ impl DiskTier {
     fn rebuild_index(&self) {
         let started = std::time::Instant::now();
         let mut found = Vec::new();
+        let mut unknown = 0u64;
         for b in 0..256 {
             let sub = self.chunks.join(format!("{b:02x}"));
             let Ok(entries) = fs::read_dir(&sub) else {
@@ -211,9 +217,8 @@ impl DiskTier {
             for e in entries.flatten() {
                 match parse_file_name(&e.file_name()) {
                     Some((key, entry)) if key.file as u8 == b as u8 => found.push((key, entry)),
-                    _ => {
-                        let _ = fs::remove_file(e.path());
-                    }
+                    // Not a name bicache writes: not bicache's to delete.
+                    _ => unknown += 1,
                 }
             }
         }
@@ -238,6 +243,7 @@ impl DiskTier {
             chunks = idx.lru.len(),
             bytes = idx.used(),
             evicted_over_budget = over.len(),
+            unknown_files_left_alone = unknown,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "SSD tier index rebuilt"
         );
@@ -496,32 +502,6 @@ fn preadv_exact(file: &File, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
             return Ok(done);
         }
     }
-}
-
-/// Takes an exclusive advisory lock on `<dir>/lock`: one daemon per cache dir.
-fn lock_cache_dir(dir: &Path) -> Result<File, OpenError> {
-    let path = dir.join(LOCK_FILE);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| OpenError::Unusable(format!("cannot open {}: {e}", path.display())))?;
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let owner = fs::read_to_string(&path).unwrap_or_default();
-        return Err(OpenError::Locked(format!(
-            "--cache-dir {} is in use by another bicache daemon (pid {}); give each mount its \
-             own cache dir",
-            dir.display(),
-            owner.trim()
-        )));
-    }
-    let _ = f.set_len(0);
-    let _ = writeln!(f, "{}", std::process::id());
-    Ok(f)
 }
 
 /// The cache dir records its format version; an unknown one is cleared, never misread.

@@ -12,8 +12,7 @@ pub mod walk_cache;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::Path;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -21,6 +20,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 pub use launcher::{ShardId, resolve_shard};
 pub use partition::{Plan, Sizing, make_plan, sizing_for};
 
+use crate::cachedir::PrivateDir;
 use crate::size::human;
 use crate::source::{FileVersion, Source, walk};
 use walk_cache::WalkKey;
@@ -72,7 +72,7 @@ impl AlwaysVisible {
 pub fn list_dataset(
     source: &Source,
     manifest: Option<&Path>,
-    cache_dir: Option<&Path>,
+    cache_dir: Option<&PrivateDir>,
 ) -> Result<Vec<FileVersion>, String> {
     if let Some(m) = manifest {
         return walk::read_manifest(source, m);
@@ -99,39 +99,22 @@ pub fn list_dataset(
         && let Err(e) = store_walk_cache(dir, &key, &files)
     {
         // Only an optimisation: the next mount walks again.
-        tracing::warn!("cannot keep the dataset listing in {}: {e}", dir.display());
+        tracing::warn!(
+            "cannot keep the dataset listing in {}: {e}",
+            dir.path().display()
+        );
     }
     Ok(files)
 }
 
-fn load_walk_cache(dir: &Path, key: &WalkKey) -> Option<Vec<FileVersion>> {
-    let data = fs::read(dir.join(key.file_name())).ok()?;
+fn load_walk_cache(dir: &PrivateDir, key: &WalkKey) -> Option<Vec<FileVersion>> {
+    let data = dir.read(&key.file_name()).ok()??;
     walk_cache::decode(&data, key)
 }
 
 /// Written to a temporary name and renamed, so a reader sees the old file or the new one.
-fn store_walk_cache(dir: &Path, key: &WalkKey, files: &[FileVersion]) -> io::Result<()> {
-    let dest = dir.join(key.file_name());
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(".walk-tmp-{}-{nonce:08x}", std::process::id()));
-    let write = || -> io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&walk_cache::encode(key, files))?;
-        f.sync_data()?;
-        fs::rename(&tmp, &dest)
-    };
-    let res = write();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+fn store_walk_cache(dir: &PrivateDir, key: &WalkKey, files: &[FileVersion]) -> io::Result<()> {
+    dir.write_atomic(&key.file_name(), &walk_cache::encode(key, files))
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -210,7 +193,7 @@ mod tests {
         (t, root)
     }
 
-    fn list(root: &Path, cache: Option<&Path>) -> Result<Vec<FileVersion>, String> {
+    fn list(root: &Path, cache: Option<&PrivateDir>) -> Result<Vec<FileVersion>, String> {
         let src = Source::open(root, Arc::new(crate::stats::Stats::default()), false).unwrap();
         list_dataset(&src, None, cache)
     }
@@ -218,12 +201,13 @@ mod tests {
     #[test]
     fn walk_cache_is_reused_and_rebuilt() {
         let (t, root) = tree();
-        let cache = t.path().join("cache");
-        fs::create_dir(&cache).unwrap();
-        let first = list(&root, Some(&cache)).unwrap();
-        let entries: Vec<_> = fs::read_dir(&cache)
+        let dir = crate::cachedir::CacheDir::claim(&t.path().join("cache")).unwrap();
+        let cache: &PrivateDir = &dir;
+        let first = list(&root, Some(cache)).unwrap();
+        let entries: Vec<_> = fs::read_dir(cache.path())
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| !p.ends_with(crate::cachedir::MARKER))
             .collect();
         assert_eq!(entries.len(), 1, "{entries:?}");
         let cached = &entries[0];
@@ -239,27 +223,26 @@ mod tests {
 
         // Same key: the cached list is used even though a deep file was added.
         fs::write(root.join("a/b/new"), b"x").unwrap();
-        assert_eq!(list(&root, Some(&cache)).unwrap(), first);
+        assert_eq!(list(&root, Some(cache)).unwrap(), first);
 
         // Damaged: ignored and rebuilt (now seeing the new file).
         let mut data = fs::read(cached).unwrap();
         let mid = data.len() / 2;
         data[mid] ^= 0x20;
         fs::write(cached, &data).unwrap();
-        let again = list(&root, Some(&cache)).unwrap();
+        let again = list(&root, Some(cache)).unwrap();
         assert_eq!(again.len(), first.len() + 1);
 
         // A top-level change moves the key.
         fs::write(root.join("added"), b"y").unwrap();
         let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
         fs::File::open(&root).unwrap().set_modified(t0).unwrap();
-        assert_eq!(list(&root, Some(&cache)).unwrap().len(), first.len() + 2);
+        assert_eq!(list(&root, Some(cache)).unwrap().len(), first.len() + 2);
 
-        // An unwritable cache dir only costs the cache.
-        assert_eq!(
-            list(&root, Some(&t.path().join("missing"))).unwrap().len(),
-            first.len() + 2
-        );
+        // A cache dir that can't be written (here: deleted) only costs the cache.
+        let gone = crate::cachedir::CacheDir::claim(&t.path().join("gone")).unwrap();
+        fs::remove_dir_all(gone.path()).unwrap();
+        assert_eq!(list(&root, Some(&gone)).unwrap().len(), first.len() + 2);
     }
 
     fn mode_bits(p: &Path) -> u32 {
