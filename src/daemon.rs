@@ -16,14 +16,14 @@ use tracing_subscriber::EnvFilter;
 use crate::cache::disk::{DiskTier, OpenError};
 use crate::cache::{CacheConfig, CachedFile, ChunkCache, PinPolicy, pinned_share};
 use crate::config::MountConfig;
-use crate::fs::BicacheFs;
+use crate::fuse::BicacheFs;
+use crate::meta::{Namespace, ShardView, path_hash};
 use crate::prefetch;
 use crate::shard::{AlwaysVisible, list_dataset, make_plan, sizing_for, summary};
 use crate::size::human;
 use crate::source::Source;
 use crate::stats::Stats;
-use crate::tree::ShardView;
-use crate::tree::Tree;
+use crate::vfs::Vfs;
 
 /// The daemon's log in the cache dir, unless `--log-file` says otherwise.
 pub const LOG_FILE: &str = "bicache.log";
@@ -214,17 +214,17 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     );
     let has_disk = cache.has_disk();
     let shard = plan_shard(cfg, &source, &cache, &stats, has_disk)?;
-    let tree = Tree::new(source, cfg.metadata_ttl, shard.view);
+    let ns = Namespace::new(source, cfg.metadata_ttl, shard.view, stats.clone());
     let passthrough_depth =
         (cfg.passthrough && has_disk).then(|| cfg.cache_dir.fs_type().passthrough_stack_depth());
-    let fs = BicacheFs::new(
-        tree,
+    let vfs = Vfs::new(
+        ns,
         cache.clone(),
         stats.clone(),
         shard.paths,
         cfg.shard_args.shard_strict,
-        passthrough_depth,
     );
+    let fs = BicacheFs::new(vfs, passthrough_depth);
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -362,7 +362,7 @@ fn plan_shard(
             .files
             .iter()
             .chain(plan.always_visible.iter())
-            .map(|f| f.path.clone())
+            .map(|f| path_hash(f.path.as_os_str().as_encoded_bytes()))
             .collect(),
         restrict: sa.shard_view == crate::cli::ShardView::Restrict,
     });

@@ -12,14 +12,16 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod daemon;
-pub mod fs;
+pub mod flight;
+pub mod fuse;
+pub mod meta;
 pub mod mountinfo;
 pub mod prefetch;
 pub mod shard;
 pub mod size;
 pub mod source;
 pub mod stats;
-pub mod tree;
+pub mod vfs;
 
 /// The mount's control directory at its root (`stats.json`, `stats.txt`, `shard.txt`). A
 /// source entry of that name at the top level is hidden by it and never part of the dataset.

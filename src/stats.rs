@@ -53,6 +53,9 @@ pub struct Stats {
     pub passthrough_enabled: AtomicU64,
     /// Opens served by FUSE passthrough (their reads never reach the daemon).
     pub passthrough_opens: AtomicU64,
+    /// Bytes and entries of the namespace's node table (inodes, names, listings).
+    pub meta_bytes: AtomicU64,
+    pub meta_entries: AtomicU64,
     /// Where the cache lives, set once at start.
     pub cache_location: std::sync::OnceLock<CacheLocation>,
 }
@@ -184,6 +187,10 @@ impl Stats {
                 enabled: get(&self.passthrough_enabled) == 1,
                 opens: get(&self.passthrough_opens),
             },
+            meta: MetaCounts {
+                bytes: get(&self.meta_bytes),
+                entries: get(&self.meta_entries),
+            },
             cache: self.cache_location.get().cloned().unwrap_or_default(),
         }
     }
@@ -276,7 +283,15 @@ pub struct Snapshot {
     pub prefetch: PrefetchCounts,
     pub shard: ShardCounts,
     pub passthrough: PassthroughCounts,
+    pub meta: MetaCounts,
     pub cache: CacheLocation,
+}
+
+/// The namespace's memory: bytes of its tables, entries (inodes) held.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MetaCounts {
+    pub bytes: u64,
+    pub entries: u64,
 }
 
 fn hit_rate(t: &TierCounts) -> String {
@@ -366,6 +381,10 @@ impl Snapshot {
                 human(sh.bytes),
                 sh.out_of_shard_opens
             ),
+        );
+        line(
+            "metadata",
+            format!("{} entries, {}", self.meta.entries, human(self.meta.bytes)),
         );
         line(
             "passthrough",

@@ -1,0 +1,529 @@
+//! The filesystem's decisions, without FUSE: what each request answers, which open reads
+//! through the daemon and which the kernel reads straight from a cache file, the control
+//! files, and the handles. `fuse.rs` only translates kernel requests into these calls, so
+//! every decision here is unit-tested without a mount.
+//!
+//! Open policy, in order: writes are refused (EROFS); the namespace gives the version the
+//! inode stands for (ESTALE when its name now holds another version: the kernel then looks
+//! it up again); `--shard-strict` refuses another shard's file (EACCES); the kernel's page
+//! cache is kept (one inode is one version, so its pages can never be another version's);
+//! and the first open of an inode chooses passthrough when the whole file is verified on
+//! the SSD tier, every later open of the inode sharing that choice until all are released
+//! (the kernel refuses mixed modes on one inode with EIO).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use tracing::warn;
+
+use crate::CONTROL_DIR;
+use crate::cache::{CachedFile, ChunkCache, Stream};
+use crate::meta::{Entry, Listed, Namespace, NodeAttr, ROOT_INO};
+use crate::source::Kind;
+use crate::stats::Stats;
+
+pub const CONTROL_DIR_INO: u64 = 2;
+const STATS_JSON_INO: u64 = 3;
+const STATS_TXT_INO: u64 = 4;
+const SHARD_TXT_INO: u64 = 5;
+const CONTROL_FILES: &[(&str, u64)] = &[
+    ("stats.json", STATS_JSON_INO),
+    ("stats.txt", STATS_TXT_INO),
+    ("shard.txt", SHARD_TXT_INO),
+];
+/// Fixed TTL for the control files: their attributes never change.
+pub const CONTROL_TTL: Duration = Duration::from_secs(1);
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// Attributes as the kernel is to see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+/// A reply to lookup or getattr: attributes and how long the kernel may keep them.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
+    pub attr: Attr,
+    pub ttl: Duration,
+}
+
+fn attr_of(e: &Entry) -> Attr {
+    let a: &NodeAttr = &e.attr;
+    Attr {
+        ino: e.ino,
+        kind: e.kind,
+        size: a.size,
+        blocks: a.blocks,
+        atime: NodeAttr::time(a.atime()),
+        mtime: NodeAttr::time(a.mtime()),
+        ctime: NodeAttr::time(a.ctime()),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: a.blksize(),
+    }
+}
+
+/// How an open is served.
+#[derive(Debug)]
+pub struct Opened<B> {
+    pub fh: u64,
+    /// Keep the kernel's page cache of the inode.
+    pub keep_cache: bool,
+    /// Every read goes to the daemon, uncached (the control files).
+    pub direct_io: bool,
+    /// The kernel reads the cache file behind this token directly (FUSE passthrough).
+    pub passthrough: Option<Arc<B>>,
+}
+
+/// A readdir entry.
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    pub name: std::ffi::OsString,
+    pub kind: Kind,
+    /// d_ino: the source's inode number (never 0).
+    pub ino: u64,
+}
+
+enum Handle {
+    File {
+        ino: u64,
+        file: CachedFile,
+        stream: Stream,
+    },
+    Dir(Vec<DirItem>),
+    /// A snapshot taken at open, so a reader sees one consistent document.
+    Control(Vec<u8>),
+}
+
+/// How the kernel reads one inode while it is open.
+struct InodeIo<B> {
+    /// Opens not yet released. Counted from our reply to RELEASE, which comes after the
+    /// kernel let go, so this never undercounts the kernel's own count.
+    opens: u64,
+    /// Set while the inode is open in passthrough; dropped (unregistered) at last release.
+    backing: Option<Arc<B>>,
+}
+
+/// Whether FUSE passthrough may be tried, and where it stands.
+pub struct Passthrough {
+    /// The kernel granted it at init (and the SSD tier exists, and `--passthrough on`).
+    enabled: std::sync::atomic::AtomicBool,
+}
+
+pub struct Vfs<B = ()> {
+    ns: Namespace,
+    cache: Arc<ChunkCache>,
+    stats: Arc<Stats>,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    io_modes: Mutex<HashMap<u64, InodeIo<B>>>,
+    passthrough: Passthrough,
+    /// This shard's relative paths (for `.bicache/shard.txt`), in plan order.
+    shard_paths: Arc<Vec<PathBuf>>,
+    /// `--shard-strict`: opening another shard's file fails with EACCES.
+    shard_strict: bool,
+    mounted_at: SystemTime,
+    uid: u32,
+    gid: u32,
+}
+
+/// Errors of registering a passthrough backing file that mean it can never work on this
+/// mount (not root, kernel without support, cache filesystem not allowed): passthrough
+/// is then off for good. Any other error costs only that one open its passthrough.
+fn passthrough_impossible(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM) | Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+impl<B: Send + Sync + 'static> Vfs<B> {
+    pub fn new(
+        ns: Namespace,
+        cache: Arc<ChunkCache>,
+        stats: Arc<Stats>,
+        shard_paths: Arc<Vec<PathBuf>>,
+        shard_strict: bool,
+    ) -> Vfs<B> {
+        Vfs {
+            ns,
+            cache,
+            stats,
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            io_modes: Mutex::new(HashMap::new()),
+            passthrough: Passthrough {
+                enabled: std::sync::atomic::AtomicBool::new(false),
+            },
+            shard_paths,
+            shard_strict,
+            mounted_at: SystemTime::now(),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+
+    /// Whether passthrough is in use (the kernel granted it at init).
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.enabled.store(on, Relaxed);
+        self.stats.passthrough_enabled.store(on as u64, Relaxed);
+    }
+
+    pub fn passthrough_enabled(&self) -> bool {
+        self.passthrough.enabled.load(Relaxed)
+    }
+
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
+    fn is_control(ino: u64) -> bool {
+        (CONTROL_DIR_INO..=SHARD_TXT_INO).contains(&ino)
+    }
+
+    fn control_attr(&self, ino: u64) -> Attr {
+        let dir = ino == CONTROL_DIR_INO;
+        Attr {
+            ino,
+            kind: if dir { Kind::Dir } else { Kind::File },
+            size: 0,
+            blocks: 0,
+            atime: self.mounted_at,
+            mtime: self.mounted_at,
+            ctime: self.mounted_at,
+            perm: if dir { 0o555 } else { 0o444 },
+            nlink: if dir { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+        }
+    }
+
+    fn control_reply(&self, ino: u64) -> Reply {
+        Reply {
+            attr: self.control_attr(ino),
+            ttl: CONTROL_TTL,
+        }
+    }
+
+    fn reply(&self, e: &Entry) -> Reply {
+        Reply {
+            attr: attr_of(e),
+            ttl: self.ns.kernel_ttl(),
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Reply> {
+        if parent == ROOT_INO && name == CONTROL_DIR {
+            return Ok(self.control_reply(CONTROL_DIR_INO));
+        }
+        if parent == CONTROL_DIR_INO {
+            return match CONTROL_FILES.iter().find(|(n, _)| name == *n) {
+                Some((_, ino)) => Ok(self.control_reply(*ino)),
+                None => Err(errno(libc::ENOENT)),
+            };
+        }
+        self.ns.lookup(parent, name).map(|e| self.reply(&e))
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        if !Self::is_control(ino) {
+            self.ns.forget(ino, count);
+        }
+    }
+
+    pub fn getattr(&self, ino: u64, with_handle: bool) -> io::Result<Reply> {
+        if Self::is_control(ino) {
+            return Ok(self.control_reply(ino));
+        }
+        self.ns.getattr(ino, with_handle).map(|e| self.reply(&e))
+    }
+
+    pub fn readlink(&self, ino: u64) -> io::Result<PathBuf> {
+        self.ns.read_link(ino)
+    }
+
+    /// Opens a file for reading. `register` makes a cache file the kernel's backing file
+    /// for passthrough (the adapter's job: it needs the kernel connection).
+    pub fn open(
+        &self,
+        ino: u64,
+        writes: bool,
+        register: impl FnOnce(&File) -> io::Result<B>,
+    ) -> io::Result<Opened<B>> {
+        if writes {
+            return Err(errno(libc::EROFS));
+        }
+        if Self::is_control(ino) {
+            if ino == CONTROL_DIR_INO {
+                return Err(errno(libc::EISDIR));
+            }
+            let fh = self.add_handle(Handle::Control(self.control_snapshot(ino)));
+            // Direct I/O: the document's length is only known once it is generated.
+            return Ok(Opened {
+                fh,
+                keep_cache: false,
+                direct_io: true,
+                passthrough: None,
+            });
+        }
+        let version = self.ns.open_file(ino)?;
+        if self.ns.in_shard(ino) == Some(false) {
+            self.stats.out_of_shard_opens.fetch_add(1, Relaxed);
+            if self.shard_strict {
+                self.ns.close_file(ino);
+                return Err(errno(libc::EACCES));
+            }
+        }
+        let file = self.cache.file(version);
+        let passthrough = self.choose_io(ino, &file, register);
+        let fh = self.add_handle(Handle::File {
+            ino,
+            file,
+            stream: Stream::default(),
+        });
+        Ok(Opened {
+            fh,
+            keep_cache: passthrough.is_none(),
+            direct_io: false,
+            passthrough,
+        })
+    }
+
+    /// Decides how the kernel reads this open and counts it. Only an inode with no open
+    /// chooses; others share its choice. The lock is held across the registration, so a
+    /// concurrent open can never pick the other mode in between.
+    fn choose_io(
+        &self,
+        ino: u64,
+        file: &CachedFile,
+        register: impl FnOnce(&File) -> io::Result<B>,
+    ) -> Option<Arc<B>> {
+        let first_open = !self.io_modes.lock().contains_key(&ino);
+        // The SSD file is checked (maybe read and hashed) before taking the lock.
+        let candidate = if first_open && self.passthrough_enabled() {
+            self.cache.whole_file_on_disk(file)
+        } else {
+            None
+        };
+        let mut modes = self.io_modes.lock();
+        let io = modes.entry(ino).or_insert(InodeIo {
+            opens: 0,
+            backing: None,
+        });
+        io.opens += 1;
+        if io.opens > 1 {
+            // Another open raced ahead or is still open: share its mode.
+            if io.backing.is_some() {
+                self.stats.passthrough_opens.fetch_add(1, Relaxed);
+            }
+            return io.backing.clone();
+        }
+        let cache_file = candidate?;
+        match register(&cache_file) {
+            Ok(token) => {
+                let token = Arc::new(token);
+                io.backing = Some(token.clone());
+                self.stats.passthrough_opens.fetch_add(1, Relaxed);
+                Some(token)
+            }
+            Err(e) if passthrough_impossible(&e) => {
+                if self.passthrough.enabled.swap(false, Relaxed) {
+                    self.stats.passthrough_enabled.store(0, Relaxed);
+                    warn!("FUSE passthrough unavailable ({e}); every read goes through the daemon");
+                }
+                None
+            }
+            Err(e) => {
+                warn!("passthrough for one open failed ({e}); it reads through the daemon");
+                None
+            }
+        }
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Relaxed);
+        self.handles.write().insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles.read().get(&fh).cloned()
+    }
+
+    /// Reads up to `size` bytes at `offset` and hands them to `out` (once).
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        out: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        let h = self.handle(fh).ok_or_else(|| errno(libc::EBADF))?;
+        match &*h {
+            Handle::File { file, stream, .. } => self.cache.read(file, offset, size, stream, out),
+            Handle::Control(doc) => {
+                let start = (offset as usize).min(doc.len());
+                let end = (start + size as usize).min(doc.len());
+                Ok(out(&doc[start..end]))
+            }
+            Handle::Dir(_) => Err(errno(libc::EISDIR)),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        let removed = self.handles.write().remove(&fh);
+        if let Some(h) = removed
+            && let Handle::File { ino, .. } = *h
+        {
+            let mut modes = self.io_modes.lock();
+            if let Some(io) = modes.get_mut(&ino) {
+                io.opens = io.opens.saturating_sub(1);
+                if io.opens == 0 {
+                    // Drops the last reference: the backing file is unregistered.
+                    modes.remove(&ino);
+                }
+            }
+            drop(modes);
+            self.ns.close_file(ino);
+        }
+    }
+
+    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
+        let items = if ino == CONTROL_DIR_INO {
+            CONTROL_FILES
+                .iter()
+                .map(|(n, i)| DirItem {
+                    name: n.into(),
+                    kind: Kind::File,
+                    ino: *i,
+                })
+                .collect()
+        } else {
+            self.ns
+                .list(ino)?
+                .into_iter()
+                .map(|l: Listed| DirItem {
+                    name: l.name,
+                    kind: l.kind,
+                    // Never 0: some readers skip entries with d_ino 0.
+                    ino: l.src_ino.max(1),
+                })
+                .collect()
+        };
+        Ok(self.add_handle(Handle::Dir(items)))
+    }
+
+    /// Entries of an open directory from `offset` on, as (next offset, item): offsets 1
+    /// and 2 are "." and "..", entries follow, each offset naming the next entry to send.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &DirItem) -> bool,
+    ) -> io::Result<()> {
+        let h = self.handle(fh).ok_or_else(|| errno(libc::EBADF))?;
+        let Handle::Dir(items) = &*h else {
+            return Err(errno(libc::ENOTDIR));
+        };
+        let mut next = offset;
+        while next < 2 {
+            let dot = DirItem {
+                name: if next == 0 { ".".into() } else { "..".into() },
+                kind: Kind::Dir,
+                ino,
+            };
+            if add(next + 1, &dot) {
+                return Ok(());
+            }
+            next += 1;
+        }
+        for (i, e) in items.iter().enumerate().skip((next - 2) as usize) {
+            if add(i as u64 + 3, e) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.write().remove(&fh);
+    }
+
+    pub fn statfs(&self) -> io::Result<nix::sys::statvfs::Statvfs> {
+        self.ns.statfs()
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> io::Result<Vec<u8>> {
+        if Self::is_control(ino) {
+            return Err(errno(libc::ENODATA));
+        }
+        self.ns.get_xattr(ino, name)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
+        if Self::is_control(ino) {
+            return Ok(Vec::new());
+        }
+        self.ns.list_xattr(ino)
+    }
+
+    /// Permission bits are checked by the kernel (default_permissions); only writing
+    /// needs an answer here.
+    pub fn access(&self, write: bool) -> io::Result<()> {
+        if write {
+            Err(errno(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stops background work and waits until every queued chunk reached the SSD tier.
+    pub fn shutdown(&self) {
+        self.cache.shutdown();
+    }
+
+    fn control_snapshot(&self, ino: u64) -> Vec<u8> {
+        let chunk = self.cache.chunk_size();
+        match ino {
+            STATS_JSON_INO => self.stats.to_json(std::process::id(), chunk).into_bytes(),
+            SHARD_TXT_INO => {
+                let mut out = Vec::new();
+                for p in self.shard_paths.iter() {
+                    out.extend_from_slice(p.as_os_str().as_encoded_bytes());
+                    out.push(b'\n');
+                }
+                out
+            }
+            _ => self.stats.to_text(chunk).into_bytes(),
+        }
+    }
+}
