@@ -10,7 +10,7 @@ use crate::cache::PinPolicy;
 use crate::cachedir::{CacheDir, Class, location};
 use crate::cli::{CachePolicy, MountArgs, OnOff, ShardArgs};
 use crate::shard::{AlwaysVisible, ShardId, resolve_shard};
-use crate::size::{SizeSpec, human, parse_size};
+use crate::size::{SizeSpec, parse_size};
 
 /// Largest chunk we accept: one FUSE reply is assembled from whole chunks in memory.
 pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
@@ -23,7 +23,9 @@ pub struct MountConfig {
     /// The folder bicache owns (maybe a `bicache/` subfolder of the one given).
     pub cache_dir: CacheDir,
     pub ram_bytes: u64,
-    pub disk_bytes: u64,
+    /// The SSD budget as given (`Bytes(0)`: no SSD tier). A percentage is resolved by the
+    /// tier once it knows what it already holds (docs/RELIABILITY.md, budgets).
+    pub disk: SizeSpec,
     pub chunk_size: u64,
     pub foreground: bool,
     pub log_file: Option<PathBuf>,
@@ -188,35 +190,13 @@ impl MountConfig {
         }
 
         let ram_bytes = ram.resolve(mem_available());
-        let disk_bytes = if disk == SizeSpec::Bytes(0) {
-            0
-        } else {
-            let (free, total) = fs_space(cache_dir.path()).or_else(|e| {
-                fail(format!(
-                    "--cache-dir: cannot read free space of {}: {e}",
-                    cache_dir.path().display()
-                ))
-            })?;
-            let bytes = disk.resolve(free);
-            if bytes > total {
-                warnings.push(format!(
-                    "--disk {} ({}) is larger than the filesystem holding {} ({}); a full disk \
-                     degrades to RAM and source reads",
-                    args.disk,
-                    human(bytes),
-                    cache_dir.path().display(),
-                    human(total)
-                ));
-            }
-            bytes
-        };
 
         Ok(MountConfig {
             source,
             mountpoint,
             cache_dir,
             ram_bytes,
-            disk_bytes,
+            disk,
             chunk_size,
             foreground: args.foreground,
             log_file: args.log_file.clone(),
@@ -344,14 +324,4 @@ pub fn mem_available() -> u64 {
         })
         .map(|kb| kb * 1024)
         .unwrap_or(1 << 30)
-}
-
-/// (bytes available to unprivileged users, total bytes) of the filesystem holding `dir`.
-pub fn fs_space(dir: &Path) -> io::Result<(u64, u64)> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
-    let frag = st.fragment_size() as u64;
-    Ok((
-        st.blocks_available() as u64 * frag,
-        st.blocks() as u64 * frag,
-    ))
 }

@@ -6,21 +6,19 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::cache::disk::{DiskTier, OpenError};
-use crate::cache::{CacheConfig, CachedFile, ChunkCache, PinPolicy, pinned_share};
+use crate::cache::disk::{Budget, DiskTier};
+use crate::cache::{CacheConfig, ChunkCache, PIN_SHARE, PinPolicy, Tier};
 use crate::config::MountConfig;
 use crate::fuse::BicacheFs;
-use crate::meta::{Namespace, ShardView, path_hash};
+use crate::meta::Namespace;
 use crate::prefetch;
-use crate::shard::{AlwaysVisible, list_dataset, make_plan, sizing_for, summary};
-use crate::size::human;
+use crate::size::{SizeSpec, human};
 use crate::source::Source;
 use crate::stats::Stats;
 use crate::vfs::Vfs;
@@ -169,7 +167,10 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
         cache_dir = %cfg.cache_dir.path().display(),
         cache_fs = %cfg.cache_dir.fs_type().name(),
         ram = %human(cfg.ram_bytes),
-        disk = %human(cfg.disk_bytes),
+        disk = %match cfg.disk {
+            SizeSpec::Bytes(b) => human(b),
+            SizeSpec::Percent(p) => format!("{p}%"),
+        },
         chunk = %human(cfg.chunk_size),
         "starting"
     );
@@ -184,15 +185,21 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
         stats.clone(),
         cfg.metadata_ttl.is_none(),
     )?);
-    let disk = if cfg.disk_bytes > 0 {
-        match DiskTier::open(
-            cfg.cache_dir.path(),
-            cfg.disk_bytes,
-            pinned_share(cfg.disk_bytes, cfg.pin),
-            stats.clone(),
-        ) {
-            Ok(d) => Some(d),
-            Err(OpenError::Unusable(msg)) => {
+    let disk = if cfg.disk != SizeSpec::Bytes(0) {
+        let budget = Budget {
+            spec: cfg.disk,
+            pinned_share: if cfg.pin == PinPolicy::Off {
+                0.0
+            } else {
+                PIN_SHARE
+            },
+        };
+        match DiskTier::open(&cfg.cache_dir, budget, cfg.chunk_size, stats.clone()) {
+            Ok(d) => {
+                warn_if_larger_than_disk(cfg, d.capacity());
+                Some(d)
+            }
+            Err(msg) => {
                 warn!("SSD tier disabled, serving from RAM and the source: {msg}");
                 None
             }
@@ -213,7 +220,7 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
         stats.clone(),
     );
     let has_disk = cache.has_disk();
-    let shard = plan_shard(cfg, &source, &cache, &stats, has_disk)?;
+    let shard = crate::shard::setup::for_mount(cfg, &source, &cache, &stats)?;
     let ns = Namespace::new(source, cfg.metadata_ttl, shard.view, stats.clone());
     let passthrough_depth =
         (cfg.passthrough && has_disk).then(|| cfg.cache_dir.fs_type().passthrough_stack_depth());
@@ -285,92 +292,21 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     }
 }
 
-/// What sharding gives the rest of the daemon.
-struct ShardSetup {
-    view: Option<ShardView>,
-    /// This shard's relative paths, for `.bicache/shard.txt`.
-    paths: Arc<Vec<std::path::PathBuf>>,
-    /// Files to prefetch, in plan order (empty: no prefetch).
-    prefetch: Vec<CachedFile>,
-}
-
-/// Lists the dataset and plans this mount's shard (only when sharding or prefetch asks for
-/// it: the walk costs metadata operations on the shared filesystem), pins its files.
-fn plan_shard(
-    cfg: &MountConfig,
-    source: &Source,
-    cache: &ChunkCache,
-    stats: &Stats,
-    has_disk: bool,
-) -> Result<ShardSetup, String> {
-    let sa = &cfg.shard_args;
-    if cfg.shard.is_none() && !cfg.prefetch {
-        stats.shard_count.store(1, Relaxed);
-        if cfg.pin == PinPolicy::All {
-            cache.repin_all();
+/// A budget larger than the filesystem is accepted (the contract), with a warning: a full
+/// disk then degrades to RAM and source reads.
+fn warn_if_larger_than_disk(cfg: &MountConfig, capacity: u64) {
+    if let Ok(st) = nix::sys::statvfs::fstatvfs(cfg.cache_dir.fd()) {
+        let total = st.blocks() * st.fragment_size();
+        if capacity > total {
+            warn!(
+                "--disk {} is larger than the filesystem holding {} ({}); a full disk \
+                 degrades to RAM and source reads",
+                human(capacity),
+                cfg.cache_dir.path().display(),
+                human(total)
+            );
         }
-        return Ok(ShardSetup {
-            view: None,
-            paths: Arc::new(Vec::new()),
-            prefetch: Vec::new(),
-        });
     }
-    let started = std::time::Instant::now();
-    let files = list_dataset(source, sa.manifest.as_deref(), Some(&cfg.cache_dir))?;
-    info!(
-        files = files.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "dataset listed"
-    );
-    let visible = AlwaysVisible::new(&sa.always_visible)?;
-    let budget = if has_disk {
-        cfg.disk_bytes
-    } else {
-        cfg.ram_bytes
-    };
-    let sizing = sizing_for(sa, budget)?;
-    let plan = make_plan(
-        files,
-        &visible,
-        cfg.shard.as_ref(),
-        sa.seed,
-        sizing.as_ref(),
-    );
-    let line = summary(&plan, cfg.shard.as_ref(), sizing.as_ref());
-    if plan.cut {
-        warn!("{line}");
-    } else {
-        info!("{line}");
-    }
-    if let Some(id) = &cfg.shard {
-        stats.shard_index.store(id.index, Relaxed);
-        stats.shard_count.store(id.count, Relaxed);
-    } else {
-        stats.shard_count.store(1, Relaxed);
-    }
-    stats.shard_files.store(plan.files.len() as u64, Relaxed);
-    stats.shard_bytes.store(plan.shard_bytes, Relaxed);
-
-    let cached: Vec<CachedFile> = plan.files.iter().map(|f| cache.file(f.clone())).collect();
-    if cfg.pin == PinPolicy::Set {
-        cache.set_pinned_files(&cached);
-    } else if cfg.pin == PinPolicy::All {
-        cache.repin_all();
-    }
-    let view = cfg.shard.as_ref().map(|_| ShardView {
-        members: plan
-            .files
-            .iter()
-            .chain(plan.always_visible.iter())
-            .map(|f| path_hash(f.path.as_os_str().as_encoded_bytes()))
-            .collect(),
-        restrict: sa.shard_view == crate::cli::ShardView::Restrict,
-    });
-    Ok(ShardSetup {
-        view,
-        paths: Arc::new(plan.files.iter().map(|f| f.path.clone()).collect()),
-        prefetch: if cfg.prefetch { cached } else { Vec::new() },
-    })
 }
 
 /// The kernel offers FUSE 128 KiB of readahead and so splits reads into 128 KiB requests.

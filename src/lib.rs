@@ -4,6 +4,7 @@
 //! (`fuse.rs`) is plain Rust that unit tests drive without a mount. The module map and the
 //! path of one read are in `docs/ARCHITECTURE.md`.
 
+pub mod beneath;
 pub mod buf;
 pub mod cache;
 pub mod cachedir;

@@ -28,6 +28,11 @@ pub struct Stats {
     pub disk_writes_dropped: AtomicU64,
     pub disk_evictions: AtomicU64,
     pub disk_pinned_bytes: AtomicU64,
+    /// Pieces queued for the SSD tier, not yet written.
+    pub disk_queued: AtomicU64,
+    /// Memory of the SSD tier's resident index, and the file versions it holds.
+    pub disk_index_bytes: AtomicU64,
+    pub disk_files: AtomicU64,
     pub source_reads: AtomicU64,
     pub source_bytes: AtomicU64,
     /// lstat/readdir/readlink/open calls on the source.
@@ -156,6 +161,9 @@ impl Stats {
                 writes_dropped: get(&self.disk_writes_dropped),
                 evictions: get(&self.disk_evictions),
                 pinned_bytes: get(&self.disk_pinned_bytes),
+                index_bytes: get(&self.disk_index_bytes),
+                files: get(&self.disk_files),
+                queued: get(&self.disk_queued),
             },
             source: SourceCounts {
                 reads: get(&self.source_reads),
@@ -228,6 +236,9 @@ pub struct DiskCounts {
     pub writes_dropped: u64,
     pub evictions: u64,
     pub pinned_bytes: u64,
+    pub index_bytes: u64,
+    pub files: u64,
+    pub queued: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -329,7 +329,7 @@ impl<B: Send + Sync + 'static> Vfs<B> {
         let first_open = !self.io_modes.lock().contains_key(&ino);
         // The SSD file is checked (maybe read and hashed) before taking the lock.
         let candidate = if first_open && self.passthrough_enabled() {
-            self.cache.whole_file_on_disk(file)
+            self.cache.backing_file(file)
         } else {
             None
         };

@@ -25,13 +25,45 @@ fn make_files(s: &Scratch, n: usize, size: usize, seed: u64) -> Vec<SourceFile> 
         .collect()
 }
 
+fn flip_byte(p: &Path, at: u64) {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+}
+
+fn truncate_half(p: &Path) {
+    let len = fs::metadata(p).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+}
+
+fn ends(p: &Path, suffix: &str) -> bool {
+    p.to_string_lossy().ends_with(suffix)
+}
+
+/// Every kind of damage to the SSD tier's files between mounts, for small files (one file
+/// each) and large ones (`.data` and `.idx`): detected, never served, refetched.
 #[test]
 fn damaged_cache_files_are_detected_and_never_served() {
     if !fuse_or_skip() {
         return;
     }
     let s = Scratch::new();
-    let files = make_files(&s, 6, 300 * 1024, 11);
+    let mut files = make_files(&s, 7, 300 * 1024, 11);
+    for i in 0..6 {
+        let name = format!("small/s{i}.bin");
+        let data = s.file(&name, 40 * 1024, 100 + i as u64);
+        files.push((name, data));
+    }
     let args = [
         "--chunk-size",
         "64KiB",
@@ -45,73 +77,68 @@ fn damaged_cache_files_are_detected_and_never_served() {
         read_all(&m.mountpoint, &files);
     } // clean unmount: every chunk reaches the SSD tier
 
-    let chunks = chunk_files(&s.cache);
-    assert!(
-        chunks.len() >= 20,
-        "expected the SSD tier to hold the data, found {} files",
-        chunks.len()
-    );
-    // 1: a flipped bit in the data; 2: truncated; 3: deleted; 4: a flipped header byte;
-    // 5: same length, other content (a chunk of another file copied over it).
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&chunks[0])
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, 1000).unwrap();
-    f.write_all_at(&[b[0] ^ 0x10], 1000).unwrap();
-    drop(f);
-    let len = fs::metadata(&chunks[1]).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&chunks[1])
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
-    fs::remove_file(&chunks[2]).unwrap();
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&chunks[3])
-        .unwrap();
-    f.write_all_at(&[0xff], 20).unwrap();
-    let other = fs::read(&chunks[5]).unwrap();
-    let same_len = chunks[6..]
+    let all = cache_files(&s.cache);
+    let small: Vec<&PathBuf> = all
         .iter()
-        .find(|p| fs::metadata(p).unwrap().len() == other.len() as u64)
-        .expect("two chunk files of equal length")
-        .clone();
-    fs::write(&same_len, &other).unwrap();
+        .filter(|p| !ends(p, ".data") && !ends(p, ".idx"))
+        .collect();
+    let data: Vec<&PathBuf> = all.iter().filter(|p| ends(p, ".data")).collect();
+    assert_eq!((small.len(), data.len()), (6, 7), "{all:?}");
+    let idx_of = |d: &Path| PathBuf::from(d.to_string_lossy().replace(".data", ".idx"));
+    // Small files: a flipped bit; truncated; deleted; another small file's bytes (same
+    // length) copied over it.
+    flip_byte(small[0], 1000);
+    truncate_half(small[1]);
+    fs::remove_file(small[2]).unwrap();
+    fs::write(small[3], fs::read(small[4]).unwrap()).unwrap();
+    // Large files: a flipped bit in the data; the data truncated; the data deleted (its
+    // index left alone); a damaged index header; a damaged record; another large file's
+    // data copied over it.
+    flip_byte(data[0], 70_000);
+    truncate_half(data[1]);
+    fs::remove_file(data[2]).unwrap();
+    flip_byte(&idx_of(data[3]), 12);
+    flip_byte(&idx_of(data[4]), 48 + 24 + 9);
+    fs::write(data[5], fs::read(data[6]).unwrap()).unwrap();
     // Files bicache did not write: ignored, never served, never deleted.
-    fs::write(s.cache.join("chunks-v2/00/garbage"), b"not a chunk").unwrap();
-    fs::write(s.cache.join("chunks-v2/00/zz-1-2"), b"nope").unwrap();
+    let bucket = small[5].parent().unwrap().to_path_buf();
+    fs::write(bucket.join("garbage"), b"not a chunk").unwrap();
+    fs::write(bucket.join("zz-1-2"), b"nope").unwrap();
 
     let m = s.mount(&args);
     let before = m.stats();
     for _ in 0..2 {
         drop_caches();
         read_all(&m.mountpoint, &files);
+        // What was refetched is on the SSD before the next pass (the RAM tier is tiny).
+        m.settle();
     }
     let st = m.stats();
     assert!(
-        stat(&st, "disk.corrupt") >= 4,
-        "flipped, truncated, header-damaged and swapped chunks must be counted: {st}"
+        stat(&st, "disk.corrupt") >= 6,
+        "flipped, truncated and swapped files (small and large) must be counted: {st}"
     );
     assert!(stat(&st, "disk.hits") > 0, "{st}");
-    // Only the damaged chunks came from the source again.
+    // Only what was damaged came from the source again: 4 small files, 6 large files at
+    // most whole (the damaged record's file only from that record on), and once more the
+    // chunks of the truncated file read before its damage showed (the whole file is
+    // dropped then).
     let refetched = stat(&st, "source.bytes") - stat(&before, "source.bytes");
     assert!(
-        refetched <= 6 * 64 * 1024,
+        refetched <= 4 * 40 * 1024 + 7 * 300 * 1024,
         "refetched {refetched} bytes: {st}"
     );
+    assert!(refetched >= 4 * 40 * 1024, "damage went unnoticed: {st}");
     assert_eq!(
-        fs::read(s.cache.join("chunks-v2/00/garbage")).unwrap(),
+        fs::read(bucket.join("garbage")).unwrap(),
         b"not a chunk",
         "a file bicache did not write was changed or deleted"
     );
+    assert!(bucket.join("zz-1-2").exists());
 }
 
+/// An unknown format is cleared, never misread; so is format 2 (the format of bicache
+/// 0.1, whose keys this version does not make), with a line in the log.
 #[test]
 fn unknown_format_version_is_cleared_not_misread() {
     if !fuse_or_skip() {
@@ -132,10 +159,12 @@ fn unknown_format_version_is_cleared_not_misread() {
         read_all(&m.mountpoint, &files);
     }
     fs::write(s.cache.join("FORMAT"), "bicache-cache 999\n").unwrap();
-    // What a version 1 cache dir left behind: freed, never read.
+    // What format 1 and 2 cache dirs left behind: freed, never read.
     fs::create_dir_all(s.cache.join("chunks-v1/00")).unwrap();
     fs::write(s.cache.join("chunks-v1/00/old"), b"header+data").unwrap();
-    let m = s.mount(&args);
+    fs::create_dir_all(s.cache.join("chunks-v2/ab")).unwrap();
+    fs::write(s.cache.join("chunks-v2/ab/old"), b"data").unwrap();
+    let mut m = s.mount(&args);
     read_all(&m.mountpoint, &files);
     let st = m.stats();
     assert_eq!(
@@ -145,12 +174,29 @@ fn unknown_format_version_is_cleared_not_misread() {
     );
     assert_eq!(
         fs::read_to_string(s.cache.join("FORMAT")).unwrap(),
-        "bicache-cache 2\n"
+        "bicache-cache 3\n"
     );
+    for old in ["chunks-v1", "chunks-v2"] {
+        assert!(!s.cache.join(old).exists(), "{old} must be removed");
+    }
     assert!(
-        !s.cache.join("chunks-v1").exists(),
-        "old chunks must be removed"
+        m.log_tail().contains("bicache-cache 999"),
+        "{}",
+        m.log_tail()
     );
+    // A format 2 cache dir (what bicache 0.1 wrote) is cleared with a log line too.
+    m.unmount();
+    fs::write(s.cache.join("FORMAT"), "bicache-cache 2\n").unwrap();
+    fs::create_dir_all(s.cache.join("chunks-v2/cd")).unwrap();
+    m.remount_after_unmount();
+    assert!(!s.cache.join("chunks-v2").exists());
+    assert!(
+        m.log_tail()
+            .contains("had format 'bicache-cache 2': cleared"),
+        "{}",
+        m.log_tail()
+    );
+    assert_eq!(stat(&m.stats(), "disk.files"), 0);
 }
 
 #[test]

@@ -298,10 +298,11 @@ fn prefetch_under_plain_lru_and_after_a_remount_completes() {
     let files = plan(&s, &shard);
     let n = files.len() as u64;
     // A tight budget: the shard fits the pinned area (95%) with less than a file to spare,
-    // so a remount must recognise what is cached rather than ask for room again.
+    // so a remount must recognise what is cached rather than ask for room again. The SSD
+    // tier charges what a file takes on disk (whole 4 KiB blocks).
     let bytes: u64 = files
         .iter()
-        .map(|f| fs::metadata(s.src.join(f)).unwrap().len() + 192)
+        .map(|f| (fs::metadata(s.src.join(f)).unwrap().len() + 192).div_ceil(4096) * 4096)
         .sum();
     let disk = (bytes as f64 / 0.95) as u64 + 1024;
     let disk = disk.to_string();

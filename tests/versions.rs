@@ -1,6 +1,6 @@
-//! One version per open: a file replaced at the source while readers read it (temp file
-//! + rename, as rsync does) is read whole as one version or fails, never as a mix of
-//! versions and never past a shorter version's end (docs/RELIABILITY.md).
+//! One version per open: a file replaced at the source while readers read it (a temp
+//! file and a rename, as rsync does) is read whole as one version or fails, never as a mix
+//! of versions, and never past a shorter version's end (docs/RELIABILITY.md).
 
 mod common;
 
@@ -44,7 +44,10 @@ fn readers_of_a_file_replaced_by_rename_read_only_whole_versions() {
         return;
     }
     let s = Scratch::new();
-    let files = [("same.bin", versions(12, false, 1000)), ("varies.bin", versions(12, true, 2000))];
+    let files = [
+        ("same.bin", versions(12, false, 1000)),
+        ("varies.bin", versions(12, true, 2000)),
+    ];
     for (name, vs) in &files {
         s.write(name, &vs[0]);
     }

@@ -1,4 +1,5 @@
-//! A byte-budgeted LRU with a pinned area, shared by both tiers.
+//! A byte-budgeted LRU with a pinned area, for the RAM tier (the SSD tier has its own
+//! CLOCK index with the same pinned area, `disk/index.rs`).
 //!
 //! Why pinning: under random per-epoch order an LRU smaller than the data keeps evicting
 //! what the next epoch needs, and gets a small fraction of the hits that are possible. A
@@ -45,8 +46,8 @@ impl<K: Hash + Eq + Clone, V> PinLru<K, V> {
         self.pinned_capacity
     }
 
-    pub fn len(&self) -> usize {
-        self.pinned.len() + self.normal.len()
+    pub fn capacity(&self) -> u64 {
+        self.capacity
     }
 
     /// Looks up and marks as recently used.
@@ -55,14 +56,6 @@ impl<K: Hash + Eq + Clone, V> PinLru<K, V> {
             return Some(v);
         }
         self.normal.get(k).map(|(v, _)| v)
-    }
-
-    /// Looks up and marks as recently used, for changing the value in place.
-    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        if let Some((v, _)) = self.pinned.get_mut(k) {
-            return Some(v);
-        }
-        self.normal.get_mut(k).map(|(v, _)| v)
     }
 
     /// Whether `cost` more bytes fit without evicting anything.
@@ -135,31 +128,6 @@ impl<K: Hash + Eq + Clone, V> PinLru<K, V> {
         self.normal_bytes -= c;
         Some((v, c))
     }
-
-    /// Moves unpinned entries that `should_pin` into the pinned area while it has room
-    /// (used when the pinned set becomes known after the index was rebuilt).
-    pub fn repin(&mut self, should_pin: impl Fn(&K) -> bool) -> u64 {
-        let keys: Vec<K> = self
-            .normal
-            .iter()
-            .filter(|(k, _)| should_pin(k))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut moved = 0;
-        for k in keys {
-            let cost = self.normal.peek(&k).map(|(_, c)| *c).unwrap_or(0);
-            if !self.pin_fits(cost) {
-                break;
-            }
-            if let Some((v, c)) = self.normal.pop(&k) {
-                self.normal_bytes -= c;
-                self.pinned_bytes += c;
-                self.pinned.put(k, (v, c));
-                moved += c;
-            }
-        }
-        moved
-    }
 }
 
 #[cfg(test)]
@@ -186,17 +154,5 @@ mod tests {
         // Larger than what the unpinned part can ever free: refused.
         assert!(l.insert(999, (), 50, false, &mut v).is_err());
         assert!(l.bytes() <= 100);
-    }
-
-    #[test]
-    fn repin_moves_entries_up_to_the_pinned_capacity() {
-        let mut l: PinLru<u32, ()> = PinLru::new(100, 30);
-        let mut v = Vec::new();
-        for k in 0..8 {
-            l.insert(k, (), 10, false, &mut v).unwrap();
-        }
-        assert_eq!(l.repin(|k| k % 2 == 0), 30);
-        assert_eq!(l.pinned_bytes(), 30);
-        assert_eq!(l.bytes(), 80);
     }
 }

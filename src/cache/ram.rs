@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use parking_lot::Mutex;
 
+use super::key::CachedFile;
 use super::lru::PinLru;
+use super::tier::{Piece, Tier};
 use super::{Chunk, ChunkKey};
 use crate::stats::Stats;
 
@@ -39,7 +41,7 @@ impl RamTier {
     }
 
     fn shard(&self, key: &ChunkKey) -> &Mutex<PinLru<ChunkKey, Chunk>> {
-        &self.shards[key.shard_hash() as usize % self.shards.len()]
+        &self.shards[key.stripe_hash() as usize % self.shards.len()]
     }
 
     pub fn get(&self, key: &ChunkKey) -> Option<Chunk> {
@@ -91,6 +93,35 @@ impl RamTier {
             }
         }
         drop(victims);
+    }
+}
+
+/// The RAM tier holds whole chunks only: a piece of a chunk is not kept here.
+impl Tier for RamTier {
+    fn name(&self) -> &'static str {
+        "ram"
+    }
+
+    fn get(&self, file: &CachedFile, index: u64, _want: std::ops::Range<usize>) -> Option<Piece> {
+        RamTier::get(self, &file.chunk(index)).map(Piece::whole)
+    }
+
+    fn contains(&self, file: &CachedFile, index: u64) -> bool {
+        RamTier::contains(self, &file.chunk(index))
+    }
+
+    fn put(&self, file: &CachedFile, index: u64, piece: &Piece, pin: bool) {
+        if piece.start == 0 && piece.data.len() == file.chunk_len(index) {
+            self.insert(file.chunk(index), piece.data.clone(), pin);
+        }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().capacity()).sum()
+    }
+
+    fn pinned_room(&self) -> u64 {
+        RamTier::pinned_room(self)
     }
 }
 

@@ -86,6 +86,19 @@ impl PrivateDir {
         self.fd.as_fd()
     }
 
+    /// Another handle on the same directory.
+    pub fn try_clone(&self) -> io::Result<PrivateDir> {
+        Ok(PrivateDir {
+            path: self.path.clone(),
+            fd: self.fd.try_clone()?,
+        })
+    }
+
+    /// A duplicate of the directory's descriptor.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
     /// Opens a file in this dir, never following a symlink; with O_CREAT it is made 0600.
     /// An existing file must be a regular file of ours.
     pub fn open_file(&self, name: &str, flags: OFlag) -> io::Result<File> {

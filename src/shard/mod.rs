@@ -8,6 +8,7 @@
 
 mod launcher;
 mod partition;
+pub mod setup;
 pub mod walk_cache;
 
 use std::ffi::OsStr;

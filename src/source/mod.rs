@@ -1,7 +1,7 @@
 //! The only code that touches SOURCE: stat, list, readlink, xattrs, statfs and reads.
 //!
 //! Paths are relative to the source root ("" is the root) and resolved beneath a
-//! descriptor of it (`resolve.rs`): no symlink is followed in any component. Every call
+//! descriptor of it (`beneath.rs`): no symlink is followed in any component. Every call
 //! is counted in the stats (`source.meta_ops`, `source.reads`, `source.bytes`), so the
 //! counters see everything bicache asks of the shared filesystem.
 //!
@@ -10,7 +10,6 @@
 //! matched the version the reader opened (size, mtime, ctime, inode), and is checked again
 //! after each read, so every byte handed out belongs to that version or the read fails.
 
-mod resolve;
 pub mod walk;
 
 use std::ffi::{CString, OsStr, OsString};
@@ -27,9 +26,9 @@ use lru::LruCache;
 use nix::fcntl::{AtFlags, OFlag};
 use parking_lot::Mutex;
 
+use crate::beneath::{self, Beneath};
 use crate::buf::Buf;
 use crate::stats::Stats;
-use resolve::Beneath;
 
 /// How many source files stay open between reads (bounded, far below the fd limit).
 const OPEN_FILES: usize = 256;
@@ -465,7 +464,7 @@ impl Source {
 
 /// `/proc/self/fd/N` of an O_PATH descriptor, as a C string for the xattr calls.
 fn proc_path(fd: &OwnedFd) -> io::Result<CString> {
-    CString::new(resolve::proc_fd_path(fd.as_fd())).map_err(|_| errno(libc::EINVAL))
+    CString::new(beneath::proc_fd_path(fd.as_fd())).map_err(|_| errno(libc::EINVAL))
 }
 
 /// Runs a size-then-fetch xattr syscall pair, retrying if the value grew in between.

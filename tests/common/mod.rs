@@ -349,9 +349,21 @@ pub fn read_all(mp: &Path, files: &[SourceFile]) {
     }
 }
 
-/// The SSD tier's chunk files under a cache dir, sorted.
+/// The SSD tier's data-bearing files (small files and large files' `.data`), sorted.
 pub fn chunk_files(cache: &Path) -> Vec<PathBuf> {
-    let dir = cache.join("chunks-v2");
+    cache_files(cache)
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".idx"))
+        .collect()
+}
+
+/// Every file of the SSD tier (format 3: `files/aa/bb/…`), sorted: small files
+/// (`<key>-<len>-<sum>`), large files' data (`.data`) and indexes (`.idx`).
+pub fn cache_files(cache: &Path) -> Vec<PathBuf> {
+    let dir = cache.join("files");
+    if !dir.exists() {
+        return Vec::new();
+    }
     let mut out: Vec<PathBuf> = regular_files(&dir)
         .into_iter()
         .map(|p| dir.join(p))
@@ -484,8 +496,9 @@ pub fn walk(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
     out
 }
 
-/// Sum of the sizes of all regular files under `root` (not following
-/// symlinks). Files vanishing during the walk are ignored.
+/// Disk space taken by all regular files under `root` (their allocated blocks, as `du`
+/// counts: a sparse file counts what it holds, not its length; not following symlinks).
+/// Files vanishing during the walk are ignored.
 pub fn du_bytes(root: &Path) -> u64 {
     fn rec(p: &Path) -> u64 {
         let Ok(rd) = fs::read_dir(p) else { return 0 };
@@ -497,7 +510,7 @@ pub fn du_bytes(root: &Path) -> u64 {
             if md.is_dir() {
                 total += rec(&e.path());
             } else if md.is_file() {
-                total += md.len();
+                total += md.blocks() * 512;
             }
         }
         total
@@ -769,8 +782,8 @@ impl Mount {
     }
 
     /// Waits (bounded) until the daemon is quiescent: source.bytes and the
-    /// prefetch counters unchanged over two samples 300 ms apart. Returns the
-    /// last stats.
+    /// prefetch counters unchanged over two samples 300 ms apart, and nothing
+    /// queued for the SSD tier. Returns the last stats.
     pub fn settle(&self) -> Value {
         let start = Instant::now();
         let key = |v: &Value| {
@@ -784,7 +797,9 @@ impl Mount {
         loop {
             std::thread::sleep(Duration::from_millis(300));
             let cur = self.stats();
-            if key(&cur) == key(&prev) || start.elapsed() > Duration::from_secs(15) {
+            let queued = cur["disk"]["queued"].as_u64().unwrap_or(0);
+            if (key(&cur) == key(&prev) && queued == 0) || start.elapsed() > Duration::from_secs(15)
+            {
                 return cur;
             }
             prev = cur;
@@ -854,6 +869,12 @@ impl Mount {
     /// and arguments on the same mountpoint (new daemon, new pid).
     pub fn remount(&mut self) {
         self.unmount();
+        self.mount();
+    }
+
+    /// Mounts again after `unmount()` (the caller changed something in between).
+    pub fn remount_after_unmount(&mut self) {
+        assert!(!self.mounted, "still mounted");
         self.mount();
     }
 

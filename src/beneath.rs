@@ -1,9 +1,9 @@
-//! Path resolution that cannot leave SOURCE.
+//! Path resolution that cannot leave a directory: SOURCE, or the cache dir.
 //!
-//! Paths handed to the source are relative to its root and resolved from a directory
-//! descriptor of that root, never as strings: a user who can write somewhere in the
-//! dataset could otherwise swap a folder for a symlink into a folder they may not enter,
-//! and read through the mount (run as root) what they cannot read at the source.
+//! Paths are relative to a root and resolved from a directory descriptor of that root,
+//! never as strings: a user who can write somewhere in the dataset could otherwise swap a
+//! folder for a symlink into a folder they may not enter, and read through the mount (run
+//! as root) what they cannot read at the source.
 //!
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (Linux 5.6+) refuses any symlink in
 //! any component and any escape from the root in one call. Where it is missing, the same
@@ -15,7 +15,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
@@ -58,6 +58,47 @@ impl Beneath {
             root: fd,
             openat2: AtomicBool::new(true),
         })
+    }
+
+    /// Resolves beneath an already open directory (e.g. the cache dir's descriptor).
+    pub fn from_fd(root: OwnedFd) -> Beneath {
+        Beneath {
+            root,
+            openat2: AtomicBool::new(true),
+        }
+    }
+
+    /// Creates the directory `rel` and its missing parents (mode 0700), never following a
+    /// symlink.
+    pub fn mkdir_all(&self, rel: &Path) -> io::Result<()> {
+        let parts = names(rel)?;
+        let mut cur = PathBuf::new();
+        for p in parts {
+            cur.push(p);
+            let (parent, name) = self.open_parent(&cur)?.expect("non-empty path");
+            match nix::sys::stat::mkdirat(&parent, name, Mode::S_IRWXU) {
+                Ok(()) | Err(nix::Error::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the file (not directory) `rel`; a symlink of that name is removed itself.
+    pub fn unlink(&self, rel: &Path) -> io::Result<()> {
+        let (parent, name) = self.open_parent(rel)?.ok_or_else(|| errno(libc::EINVAL))?;
+        Ok(nix::unistd::unlinkat(
+            &parent,
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )?)
+    }
+
+    /// Renames `from` to `to` (both beneath the root), replacing `to`.
+    pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (fp, fname) = self.open_parent(from)?.ok_or_else(|| errno(libc::EINVAL))?;
+        let (tp, tname) = self.open_parent(to)?.ok_or_else(|| errno(libc::EINVAL))?;
+        Ok(nix::fcntl::renameat(&fp, fname, &tp, tname)?)
     }
 
     /// Like `open`, but with the component walk only (for tests of the fallback).

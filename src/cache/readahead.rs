@@ -1,0 +1,171 @@
+//! How much to fetch, following the reader: per open file handle, the cache watches where
+//! reads land.
+//!
+//! - A reader whose read follows its previous one is sequential: it gets whole chunks,
+//!   and a readahead window that doubles (up to `--max-readahead`) of chunks ahead fetched
+//!   by the fetch threads, so source latency overlaps the reader's own work.
+//! - A reader that starts at offset 0 gets whole chunks too: that is how whole-file epoch
+//!   readers begin, and it keeps their amplification at 1.
+//! - Any other reader (h5py slices, parquet column chunks, memmap gathers) gets only the
+//!   aligned units its read covers (1/64 of a chunk, at least 4 KiB), until it shows
+//!   locality by coming back to a chunk it touched just before: then whole chunks again.
+//!
+//! Sub-chunk pieces are kept by the SSD tier only (RAM keeps whole chunks).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Per open file handle.
+#[derive(Default)]
+pub struct Stream {
+    /// Last chunk index read + 1 (0 = nothing yet).
+    next_chunk: AtomicU64,
+    /// Byte offset where the last read ended + 1 (0 = nothing yet).
+    next_offset: AtomicU64,
+    /// Readahead window in chunks; 0 = not (yet) sequential.
+    window: AtomicU64,
+    /// Chunks below this index were already queued for readahead.
+    queued_until: AtomicU64,
+}
+
+/// What to fetch for a read that misses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// Whole chunks.
+    Whole,
+    /// Only the units the read covers.
+    Units,
+}
+
+/// The decision for one read: what to fetch on a miss, and which chunks (if any) to
+/// queue for readahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advice {
+    pub fetch: Fetch,
+    pub readahead: std::ops::Range<u64>,
+}
+
+/// One read: bytes `offset..end`, in chunks `first..=last` of a file of `n_chunks`.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    pub offset: u64,
+    pub end: u64,
+    pub first: u64,
+    pub last: u64,
+    pub n_chunks: u64,
+}
+
+/// Updates the stream for a read and says what to do. `max_window` caps the readahead
+/// window (in chunks); `units_allowed`: whether a sub-chunk fetch can be kept (an SSD tier).
+pub fn advise(stream: &Stream, read: Span, max_window: u64, units_allowed: bool) -> Advice {
+    let Span {
+        offset,
+        end,
+        first,
+        last,
+        n_chunks,
+    } = read;
+    let prev_next = stream.next_chunk.swap(last + 1, Relaxed);
+    let prev_end = stream.next_offset.swap(end + 1, Relaxed);
+    let sequential = prev_next > 0 && (first + 1 == prev_next || first == prev_next);
+    let contiguous = prev_end > 0 && offset + 1 == prev_end;
+    if !sequential {
+        stream.window.store(0, Relaxed);
+        stream.queued_until.store(0, Relaxed);
+        // A new reader at 0, or one that came back to the chunk it just read: whole chunks.
+        let whole = !units_allowed || n_chunks <= 1 || (prev_end == 0 && offset == 0);
+        return Advice {
+            fetch: if whole { Fetch::Whole } else { Fetch::Units },
+            readahead: 0..0,
+        };
+    }
+    // Back in the chunk it just read, but not where it left off: locality without a
+    // stream. Whole chunks, no readahead.
+    if first + 1 == prev_next && !contiguous && first == last {
+        return Advice {
+            fetch: Fetch::Whole,
+            readahead: 0..0,
+        };
+    }
+    let w = (stream.window.load(Relaxed) * 2).clamp(2, max_window.max(2));
+    stream.window.store(w, Relaxed);
+    let from = stream.queued_until.load(Relaxed).max(last + 1);
+    let to = (last + 1 + w).min(n_chunks);
+    if from >= to {
+        return Advice {
+            fetch: Fetch::Whole,
+            readahead: 0..0,
+        };
+    }
+    stream.queued_until.store(to, Relaxed);
+    Advice {
+        fetch: Fetch::Whole,
+        readahead: from..to,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CS: u64 = 1 << 20;
+
+    fn read(s: &Stream, off: u64, len: u64) -> Advice {
+        let end = off + len;
+        let span = Span {
+            offset: off,
+            end,
+            first: off / CS,
+            last: (end - 1) / CS,
+            n_chunks: 100,
+        };
+        advise(s, span, 32, true)
+    }
+
+    #[test]
+    fn whole_file_readers_get_whole_chunks_and_a_growing_window() {
+        let s = Stream::default();
+        assert_eq!(read(&s, 0, 128 << 10).fetch, Fetch::Whole);
+        let a = read(&s, 128 << 10, 128 << 10);
+        assert_eq!(a.fetch, Fetch::Whole);
+        let mut off = 256 << 10;
+        let mut last_window = 0;
+        for _ in 0..40 {
+            let a = read(&s, off, 1 << 20);
+            assert_eq!(a.fetch, Fetch::Whole);
+            if !a.readahead.is_empty() {
+                last_window = a.readahead.end - a.readahead.start;
+            }
+            off += 1 << 20;
+        }
+        assert!(last_window >= 1, "readahead kept up");
+    }
+
+    #[test]
+    fn random_readers_get_units_until_they_show_locality() {
+        let s = Stream::default();
+        assert_eq!(read(&s, 37 * CS + 4096, 4096).fetch, Fetch::Units);
+        assert_eq!(read(&s, 5 * CS + 8192, 4096).fetch, Fetch::Units);
+        // Back into chunk 5 (just read), elsewhere in it: whole chunk.
+        assert_eq!(read(&s, 5 * CS + 500_000, 4096).fetch, Fetch::Whole);
+        // Without an SSD tier (no units), or for a one-chunk file: whole.
+        let t = Stream::default();
+        let s9 = Span {
+            offset: 9 * CS,
+            end: 9 * CS + 10,
+            first: 9,
+            last: 9,
+            n_chunks: 100,
+        };
+        assert_eq!(advise(&t, s9, 32, false).fetch, Fetch::Whole);
+        let u = Stream::default();
+        let s0 = Span {
+            offset: 700,
+            end: 800,
+            first: 0,
+            last: 0,
+            n_chunks: 1,
+        };
+        assert_eq!(advise(&u, s0, 32, true).fetch, Fetch::Whole);
+    }
+}

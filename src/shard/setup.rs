@@ -1,0 +1,96 @@
+//! A mount's shard: the dataset listed (walk, walk cache or manifest), the plan made, the
+//! shard's files pinned in the cache, and the view the namespace shows.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tracing::{info, warn};
+
+use super::{AlwaysVisible, list_dataset, make_plan, sizing_for, summary};
+use crate::cache::{ChunkCache, PinPolicy};
+use crate::config::MountConfig;
+use crate::meta::{ShardView, path_hash};
+use crate::source::{FileVersion, Source};
+use crate::stats::Stats;
+
+/// What sharding gives the rest of the daemon.
+pub struct ShardSetup {
+    pub view: Option<ShardView>,
+    /// This shard's relative paths, for `.bicache/shard.txt`.
+    pub paths: Arc<Vec<std::path::PathBuf>>,
+    /// Files to prefetch, in plan order (empty: no prefetch).
+    pub prefetch: Vec<FileVersion>,
+}
+
+/// Lists the dataset and plans this mount's shard (only when sharding or prefetch asks for
+/// it: the walk costs metadata operations on the shared filesystem), pins its files.
+pub fn for_mount(
+    cfg: &MountConfig,
+    source: &Source,
+    cache: &ChunkCache,
+    stats: &Stats,
+) -> Result<ShardSetup, String> {
+    let sa = &cfg.shard_args;
+    if cfg.shard.is_none() && !cfg.prefetch {
+        stats.shard_count.store(1, Relaxed);
+        return Ok(ShardSetup {
+            view: None,
+            paths: Arc::new(Vec::new()),
+            prefetch: Vec::new(),
+        });
+    }
+    let started = std::time::Instant::now();
+    let files = list_dataset(source, sa.manifest.as_deref(), Some(&cfg.cache_dir))?;
+    info!(
+        files = files.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "dataset listed"
+    );
+    let visible = AlwaysVisible::new(&sa.always_visible)?;
+    // The shard is fitted to the capacity tier (the SSD tier, RAM without one).
+    let sizing = sizing_for(sa, cache.capacity())?;
+    let plan = make_plan(
+        files,
+        &visible,
+        cfg.shard.as_ref(),
+        sa.seed,
+        sizing.as_ref(),
+    );
+    let line = summary(&plan, cfg.shard.as_ref(), sizing.as_ref());
+    if plan.cut {
+        warn!("{line}");
+    } else {
+        info!("{line}");
+    }
+    if let Some(id) = &cfg.shard {
+        stats.shard_index.store(id.index, Relaxed);
+        stats.shard_count.store(id.count, Relaxed);
+    } else {
+        stats.shard_count.store(1, Relaxed);
+    }
+    stats.shard_files.store(plan.files.len() as u64, Relaxed);
+    stats.shard_bytes.store(plan.shard_bytes, Relaxed);
+
+    if cfg.pin == PinPolicy::Set {
+        cache.set_pinned_files(
+            plan.files
+                .iter()
+                .map(|f| cache.file(f.clone()).key)
+                .collect(),
+        );
+    }
+    let view = cfg.shard.as_ref().map(|_| ShardView {
+        members: plan
+            .files
+            .iter()
+            .chain(plan.always_visible.iter())
+            .map(|f| path_hash(f.path.as_os_str().as_encoded_bytes()))
+            .collect(),
+        restrict: sa.shard_view == crate::cli::ShardView::Restrict,
+    });
+    Ok(ShardSetup {
+        view,
+        paths: Arc::new(plan.files.iter().map(|f| f.path.clone()).collect()),
+        prefetch: if cfg.prefetch { plan.files } else { Vec::new() },
+    })
+}
