@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
+/// Files created through a `Beneath` are private to their owner.
+const CREATE_MODE: Mode = Mode::S_IRUSR.union(Mode::S_IWUSR);
+
 /// Resolves relative paths beneath one root directory.
 pub struct Beneath {
     root: OwnedFd,
@@ -113,8 +116,8 @@ impl Beneath {
         self.root.as_fd()
     }
 
-    /// Opens `rel` with `flags` (O_NOFOLLOW and O_CLOEXEC are always added). "" is the
-    /// root itself. A symlink in any component fails with ELOOP; a symlink as the last
+    /// Opens `rel` with `flags` (O_NOFOLLOW and O_CLOEXEC are always added; a file made by
+    /// O_CREAT is 0600). "" is the root itself. A symlink in any component fails with ELOOP; a symlink as the last
     /// component too, unless `flags` has O_PATH (then the link itself is opened).
     pub fn open_at(&self, rel: &Path, flags: OFlag) -> io::Result<OwnedFd> {
         let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -131,7 +134,13 @@ impl Beneath {
             } else {
                 flags
             };
-            let how = OpenHow::new().flags(flags).resolve(
+            // openat2 refuses a mode without O_CREAT.
+            let mode = if flags.contains(OFlag::O_CREAT) {
+                CREATE_MODE
+            } else {
+                Mode::empty()
+            };
+            let how = OpenHow::new().flags(flags).mode(mode).resolve(
                 ResolveFlag::RESOLVE_BENEATH
                     | ResolveFlag::RESOLVE_NO_SYMLINKS
                     | ResolveFlag::RESOLVE_NO_MAGICLINKS,
@@ -187,7 +196,7 @@ impl Beneath {
             cur = Some(next);
         }
         let at = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
-        nix::fcntl::openat(at, *last, flags, Mode::empty()).map_err(|e| {
+        nix::fcntl::openat(at, *last, flags, CREATE_MODE).map_err(|e| {
             if e == nix::Error::ENOTDIR && is_symlink_at(at, last) {
                 errno(libc::ELOOP)
             } else {

@@ -8,7 +8,7 @@
 //!   readers begin, and it keeps their amplification at 1.
 //! - Any other reader (h5py slices, parquet column chunks, memmap gathers) gets only the
 //!   aligned units its read covers (1/64 of a chunk, at least 4 KiB), until it shows
-//!   locality by coming back to a chunk it touched just before: then whole chunks again.
+//!   locality by reading in one chunk three times in a row: then whole chunks again.
 //!
 //! Sub-chunk pieces are kept by the SSD tier only (RAM keeps whole chunks).
 
@@ -26,7 +26,15 @@ pub struct Stream {
     window: AtomicU64,
     /// Chunks below this index were already queued for readahead.
     queued_until: AtomicU64,
+    /// Reads in a row that landed in the same chunk (locality without a stream).
+    same_chunk: AtomicU64,
 }
+
+/// A read that starts at most this far past where the previous one ended still continues
+/// its stream (readers skip small headers and padding).
+const STREAM_GAP: u64 = 32 << 10;
+/// Reads in a row within one chunk before a random reader gets whole chunks.
+const LOCALITY_RUN: u64 = 3;
 
 /// What to fetch for a read that misses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,27 +75,40 @@ pub fn advise(stream: &Stream, read: Span, max_window: u64, units_allowed: bool)
     } = read;
     let prev_next = stream.next_chunk.swap(last + 1, Relaxed);
     let prev_end = stream.next_offset.swap(end + 1, Relaxed);
-    let sequential = prev_next > 0 && (first + 1 == prev_next || first == prev_next);
-    let contiguous = prev_end > 0 && offset + 1 == prev_end;
-    if !sequential {
+    // Where this read starts relative to where the last one ended: a stream goes on at
+    // (or a little after) that point.
+    let continues = prev_end > 0 && offset + 1 >= prev_end && offset + 1 - prev_end <= STREAM_GAP;
+    if !continues {
         stream.window.store(0, Relaxed);
         stream.queued_until.store(0, Relaxed);
-        // A new reader at 0, or one that came back to the chunk it just read: whole chunks.
-        let whole = !units_allowed || n_chunks <= 1 || (prev_end == 0 && offset == 0);
+        let run = if prev_next == first + 1 {
+            stream.same_chunk.fetch_add(1, Relaxed) + 1
+        } else {
+            stream.same_chunk.store(1, Relaxed);
+            1
+        };
+        // A new reader at 0, or one that keeps reading in one chunk: whole chunks.
+        let whole = !units_allowed
+            || n_chunks <= 1
+            || (prev_end == 0 && offset == 0)
+            || run >= LOCALITY_RUN;
         return Advice {
             fetch: if whole { Fetch::Whole } else { Fetch::Units },
             readahead: 0..0,
         };
     }
-    // Back in the chunk it just read, but not where it left off: locality without a
-    // stream. Whole chunks, no readahead.
-    if first + 1 == prev_next && !contiguous && first == last {
+    stream.same_chunk.store(0, Relaxed);
+    // One read that continues the last is whole chunks; readahead starts with the second,
+    // so a random reader that happens to land just after its last read fetches no more.
+    let prev_window = stream.window.load(Relaxed);
+    if prev_window == 0 {
+        stream.window.store(1, Relaxed);
         return Advice {
             fetch: Fetch::Whole,
             readahead: 0..0,
         };
     }
-    let w = (stream.window.load(Relaxed) * 2).clamp(2, max_window.max(2));
+    let w = (prev_window * 2).clamp(2, max_window.max(2));
     stream.window.store(w, Relaxed);
     let from = stream.queued_until.load(Relaxed).max(last + 1);
     let to = (last + 1 + w).min(n_chunks);
@@ -146,8 +167,17 @@ mod tests {
         let s = Stream::default();
         assert_eq!(read(&s, 37 * CS + 4096, 4096).fetch, Fetch::Units);
         assert_eq!(read(&s, 5 * CS + 8192, 4096).fetch, Fetch::Units);
-        // Back into chunk 5 (just read), elsewhere in it: whole chunk.
-        assert_eq!(read(&s, 5 * CS + 500_000, 4096).fetch, Fetch::Whole);
+        // The next chunk, but far from where it left off: still random.
+        assert_eq!(read(&s, 6 * CS + 700_000, 4096).fetch, Fetch::Units);
+        assert!(read(&s, 7 * CS + 900_000, 4096).readahead.is_empty());
+        // Three reads in a row in chunk 9, elsewhere each time: whole chunks.
+        assert_eq!(read(&s, 9 * CS + 10_000, 4096).fetch, Fetch::Units);
+        assert_eq!(read(&s, 9 * CS + 500_000, 4096).fetch, Fetch::Units);
+        assert_eq!(read(&s, 9 * CS + 300_000, 4096).fetch, Fetch::Whole);
+        // A small skip forward continues a stream.
+        let t = Stream::default();
+        read(&t, 0, 64 << 10);
+        assert_eq!(read(&t, 72 << 10, 64 << 10).fetch, Fetch::Whole);
         // Without an SSD tier (no units), or for a one-chunk file: whole.
         let t = Stream::default();
         let s9 = Span {

@@ -101,6 +101,9 @@ pub struct Inner {
 
 pub struct DiskTier {
     inner: Arc<Inner>,
+    /// Pieces queued for writing, still in memory: a reader who comes for one before it
+    /// is written (its RAM copy evicted meanwhile) gets it here, not from the source.
+    pending: Arc<Pending>,
     tx: Mutex<Option<SyncSender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -154,12 +157,15 @@ impl DiskTier {
         let inner = Arc::new(inner);
         let (tx, rx) = sync_channel::<Job>(WRITE_QUEUE);
         let weak = Arc::downgrade(&inner);
+        let pending: Arc<Pending> = Default::default();
+        let pending_w = pending.clone();
         let writer = std::thread::Builder::new()
             .name("bicache-writeback".into())
-            .spawn(move || write_back_loop(weak, rx))
+            .spawn(move || write_back_loop(weak, rx, pending_w))
             .map_err(|e| format!("cannot start the write-back thread: {e}"))?;
         Ok(DiskTier {
             inner,
+            pending,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
@@ -191,7 +197,15 @@ impl Tier for DiskTier {
     }
 
     fn get(&self, file: &CachedFile, index: u64, want: Range<usize>) -> Option<Piece> {
-        self.inner.read(file, index, want)
+        let queued = self.pending.lock().get(&(file.key, index)).and_then(|ps| {
+            ps.iter()
+                .find(|(start, d)| *start <= want.start && want.end <= start + d.len())
+                .map(|(start, d)| Piece {
+                    data: d.clone(),
+                    start: *start,
+                })
+        });
+        queued.or_else(|| self.inner.read(file, index, want))
     }
 
     fn contains(&self, file: &CachedFile, index: u64) -> bool {
@@ -218,8 +232,14 @@ impl Tier for DiskTier {
         let tx = self.tx.lock().clone();
         if let Some(tx) = tx {
             self.inner.stats.disk_queued.fetch_add(1, Relaxed);
+            self.pending
+                .lock()
+                .entry((file.key, index))
+                .or_default()
+                .push((piece.start, piece.data.clone()));
             // Blocking when full is the back-pressure that bounds the queue's memory.
             if tx.send(job).is_err() {
+                unpend(&self.pending, file.key, index, &piece.data);
                 self.inner.stats.disk_queued.fetch_sub(1, Relaxed);
                 self.inner.stats.disk_writes_dropped.fetch_add(1, Relaxed);
             }
@@ -268,7 +288,20 @@ impl Tier for DiskTier {
 /// Waiters of `flush`, woken when the writer reaches their marker.
 static FLUSH_WAITERS: Mutex<Vec<std::sync::mpsc::Sender<()>>> = Mutex::new(Vec::new());
 
-fn write_back_loop(inner: Weak<Inner>, rx: Receiver<Job>) {
+/// Pieces queued for the SSD, by (file key, chunk).
+type Pending = Mutex<HashMap<(u128, u64), Vec<(usize, Arc<Buf>)>>>;
+
+fn unpend(pending: &Pending, key: u128, chunk: u64, data: &Arc<Buf>) {
+    let mut p = pending.lock();
+    if let Some(list) = p.get_mut(&(key, chunk)) {
+        list.retain(|(_, d)| !Arc::ptr_eq(d, data));
+        if list.is_empty() {
+            p.remove(&(key, chunk));
+        }
+    }
+}
+
+fn write_back_loop(inner: Weak<Inner>, rx: Receiver<Job>, pending: Arc<Pending>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < WRITE_QUEUE {
@@ -281,7 +314,14 @@ fn write_back_loop(inner: Weak<Inner>, rx: Receiver<Job>) {
         let markers = jobs.iter().filter(|j| j.chunk == u64::MAX).count();
         jobs.retain(|j| j.chunk != u64::MAX);
         let n = jobs.len() as u64;
+        let done: Vec<(u128, u64, Arc<Buf>)> = jobs
+            .iter()
+            .map(|j| (j.key, j.chunk, j.data.clone()))
+            .collect();
         inner.write_batch(jobs);
+        for (key, chunk, data) in done {
+            unpend(&pending, key, chunk, &data);
+        }
         inner.stats.disk_queued.fetch_sub(n, Relaxed);
         if markers > 0 {
             for w in FLUSH_WAITERS.lock().drain(..) {
