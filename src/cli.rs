@@ -165,8 +165,13 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
     /// Seconds that attributes and listings are trusted before the source is asked again.
     /// Longer than a typical epoch, so each epoch doesn't re-stat every file of the dataset.
-    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
-    pub metadata_ttl: f64,
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "600",
+        allow_hyphen_values = true
+    )]
+    pub metadata_ttl: String,
     /// The dataset never changes while mounted: trust metadata forever (fastest).
     #[arg(long)]
     pub immutable: bool,

@@ -15,6 +15,8 @@ use crate::size::{SizeSpec, parse_size};
 /// Largest chunk we accept: one FUSE reply is assembled from whole chunks in memory.
 pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
 pub const MIN_CHUNK_SIZE: u64 = 4 << 10;
+/// The longest `--metadata-ttl` (a year).
+pub const MAX_TTL_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
 #[derive(Debug)]
 pub struct MountConfig {
@@ -78,9 +80,20 @@ impl MountConfig {
             }
             Err(e) => return fail(format!("--chunk-size: {e}")),
         };
-        if !args.metadata_ttl.is_finite() || args.metadata_ttl < 0.0 {
+        let ttl_secs = match args.metadata_ttl.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => v,
+            _ => {
+                return fail(format!(
+                    "--metadata-ttl: invalid value '{}': expected seconds >= 0",
+                    args.metadata_ttl
+                ));
+            }
+        };
+        // Beyond a year a TTL means "forever": say so rather than overflow a clock.
+        if ttl_secs > MAX_TTL_SECS {
             return fail(format!(
-                "--metadata-ttl: invalid value '{}': expected seconds >= 0",
+                "--metadata-ttl: '{}' seconds is more than a year; give --immutable to trust \
+                 metadata forever",
                 args.metadata_ttl
             ));
         }
@@ -203,7 +216,7 @@ impl MountConfig {
             metadata_ttl: if args.immutable {
                 None
             } else {
-                Some(Duration::from_secs_f64(args.metadata_ttl))
+                Some(Duration::from_secs_f64(ttl_secs))
             },
             allow_other: args.allow_other,
             fuse_threads: args.fuse_threads,

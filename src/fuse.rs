@@ -107,6 +107,9 @@ macro_rules! read_only {
 impl Filesystem for BicacheFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let wanted = [
+            // POSIX ACLs of the source are enforced by the kernel (with
+            // default_permissions it checks them from the ACL xattrs we pass through).
+            InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_AUTO_INVAL_DATA,
             InitFlags::FUSE_CACHE_SYMLINKS,

@@ -23,6 +23,7 @@ pub mod size;
 pub mod source;
 pub mod stats;
 pub mod vfs;
+pub mod workers;
 
 /// The mount's control directory at its root (`stats.json`, `stats.txt`, `shard.txt`). A
 /// source entry of that name at the top level is hidden by it and never part of the dataset.

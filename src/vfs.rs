@@ -217,7 +217,14 @@ impl<B: Send + Sync + 'static> Vfs<B> {
             atime: self.mounted_at,
             mtime: self.mounted_at,
             ctime: self.mounted_at,
-            perm: if dir { 0o555 } else { 0o444 },
+            // Counters are dataset-level and readable by whoever may use the mount; the
+            // shard's file list is the mounting user's alone (it names files other users
+            // may not be allowed to see under --allow-other).
+            perm: match ino {
+                CONTROL_DIR_INO => 0o555,
+                SHARD_TXT_INO => 0o400,
+                _ => 0o444,
+            },
             nlink: if dir { 2 } else { 1 },
             uid: self.uid,
             gid: self.gid,

@@ -252,6 +252,16 @@ fn disk_with_unknown_unit() {
 }
 
 #[test]
+fn metadata_ttl_huge_or_negative() {
+    bad_value(
+        &["--metadata-ttl", "1e20"],
+        &["--metadata-ttl", "1e20", "--immutable"],
+    );
+    bad_value(&["--metadata-ttl", "-1"], &["--metadata-ttl", "-1"]);
+    bad_value(&["--metadata-ttl", "nan"], &["--metadata-ttl", "nan"]);
+}
+
+#[test]
 fn chunk_size_zero() {
     let line = bad_value(&["--chunk-size", "0"], &["0"]);
     assert!(

@@ -331,32 +331,6 @@ impl Drop for DetachOnDrop {
     }
 }
 
-/// A tmpfs mounted for the test and always unmounted.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(dir: &Path, size: &str) -> Tmpfs {
-        Tmpfs::with_options(dir, &format!("size={size},mode=0700"))
-    }
-
-    fn with_options(dir: &Path, options: &str) -> Tmpfs {
-        fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs at {}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn full_cache_filesystem_degrades_to_source_reads() {
     if !fuse_or_skip() {

@@ -145,3 +145,87 @@ fn a_fifo_swapped_in_for_a_file_gives_an_error_not_a_hang() {
     s.file("other.bin", 1000, 2);
     assert_eq!(fs::read(m.path("other.bin")).unwrap().len(), 1000);
 }
+
+/// POSIX ACLs at the source hold through the mount: an ACL that denies a user what the
+/// mode bits would allow, and one that grants what they would deny.
+#[test]
+fn posix_acls_at_the_source_are_enforced() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    s.file("denied.bin", 5000, 1);
+    // Text, so it survives the trip through a command's output.
+    let granted = "granted to nobody by an ACL\n".repeat(100);
+    s.write("granted.bin", granted.as_bytes());
+    fs::set_permissions(s.src.join("denied.bin"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(s.src.join("granted.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    let setfacl = |spec: &str, f: &str| {
+        let out = std::process::Command::new("setfacl")
+            .args(["-m", spec])
+            .arg(s.src.join(f))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "setfacl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    setfacl("u:nobody:---", "denied.bin");
+    setfacl("u:nobody:r--", "granted.bin");
+    open_path_for_nobody(&s.src.join("x"));
+    // At the source, as the reference.
+    assert!(!nobody_reads(&s.src.join("denied.bin")).status.success());
+    assert!(nobody_reads(&s.src.join("granted.bin")).status.success());
+    let m = s.mount(&["--allow-other", "--disk", "16MiB"]);
+    open_path_for_nobody(&m.mountpoint);
+    let out = nobody_reads(&m.path("denied.bin"));
+    assert!(
+        !out.status.success(),
+        "an ACL denial was not enforced: {}",
+        out.describe()
+    );
+    let out = nobody_reads(&m.path("granted.bin"));
+    assert!(
+        out.status.success(),
+        "an ACL grant was not honoured: {}",
+        out.describe()
+    );
+    assert_eq!(out.stdout, granted);
+}
+
+/// Under --allow-other the counters are readable by the users of the mount, the shard's
+/// file list only by the user who mounted it.
+#[test]
+fn control_files_keep_the_shard_list_private() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    s.file("a.bin", 100, 1);
+    fs::set_permissions(&s.src, fs::Permissions::from_mode(0o755)).unwrap();
+    let m = s.mount(&[
+        "--allow-other",
+        "--disk",
+        "16MiB",
+        "--shard-index",
+        "0",
+        "--shard-count",
+        "1",
+    ]);
+    open_path_for_nobody(&m.mountpoint);
+    let stats = nobody_reads(&m.path(".bicache/stats.json"));
+    assert!(stats.status.success(), "{}", stats.describe());
+    assert!(stats.stdout.contains("\"ram\""));
+    let shard = nobody_reads(&m.path(".bicache/shard.txt"));
+    assert!(
+        !shard.status.success(),
+        "nobody read the shard list: {}",
+        shard.describe()
+    );
+    assert_eq!(
+        fs::read_to_string(m.path(".bicache/shard.txt")).unwrap(),
+        "a.bin\n"
+    );
+}

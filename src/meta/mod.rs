@@ -315,26 +315,19 @@ impl Namespace {
         let Ok(d) = self.source.open_dir(&path) else {
             return;
         };
-        let per = names.len().div_ceil(STAT_THREADS).max(1);
-        let stats: Vec<(Vec<u8>, io::Result<Stat>)> = std::thread::scope(|scope| {
-            let parts: Vec<_> = names
-                .chunks(per)
-                .filter_map(|part| {
-                    let d = &d;
-                    std::thread::Builder::new()
-                        .spawn_scoped(scope, move || {
-                            part.iter()
-                                .map(|n| (n.clone(), d.stat(OsStr::from_bytes(n))))
-                                .collect::<Vec<_>>()
-                        })
-                        .ok()
-                })
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let stats: Vec<(Vec<u8>, io::Result<Stat>)> = crate::workers::run(STAT_THREADS, || {
+            let mut out = Vec::new();
+            loop {
+                let k = next.fetch_add(1, Relaxed);
+                let Some(n) = names.get(k) else { break };
+                out.push((n.clone(), d.stat(OsStr::from_bytes(n))));
+            }
+            out
+        })
+        .into_iter()
+        .flatten()
+        .collect();
         let mut t = self.table.write();
         if t.get(dir).is_none() {
             return;

@@ -70,10 +70,7 @@ pub fn walk(source: &Source) -> Result<Vec<FileVersion>, String> {
             cond.notify_all();
         }
     };
-    let parts: Vec<Vec<FileVersion>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..META_THREADS).map(|_| s.spawn(worker)).collect();
-        handles.into_iter().map(join_or_resume).collect()
-    });
+    let parts: Vec<Vec<FileVersion>> = crate::workers::run(META_THREADS, worker);
     if let Some(e) = queue.into_inner().unwrap_or_else(|p| p.into_inner()).error {
         return Err(e);
     }
@@ -130,30 +127,18 @@ fn scan_dir(
     Ok(())
 }
 
-/// A thread's result; a panic is passed on, never turned into a silently shorter list.
-fn join_or_resume<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
-    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
 /// Runs `f` over `items` on a few threads; results in input order.
 fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let next = AtomicUsize::new(0);
     let threads = META_THREADS.min(items.len()).max(1);
-    let parts: Vec<Vec<(usize, R)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        out.push((i, f(item)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles.into_iter().map(join_or_resume).collect()
+    let parts: Vec<Vec<(usize, R)>> = crate::workers::run(threads, || {
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            out.push((i, f(item)));
+        }
+        out
     });
     let mut all: Vec<(usize, R)> = parts.into_iter().flatten().collect();
     all.sort_unstable_by_key(|(i, _)| *i);

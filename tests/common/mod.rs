@@ -1129,3 +1129,29 @@ pub fn chown(p: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(p, Some(uid), Some(gid))
         .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
 }
+
+/// A tmpfs mounted for the test and always unmounted.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn new(dir: &Path, size: &str) -> Tmpfs {
+        Tmpfs::with_options(dir, &format!("size={size},mode=0700"))
+    }
+
+    pub fn with_options(dir: &Path, options: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs at {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -698,12 +698,11 @@ impl Inner {
             f.write_all_at(&job.data, 0)?;
             drop(f);
             self.files.mkdir_all(&layout::bucket(job.key))?;
-            nix::fcntl::renameat(
-                self.tmp.fd(),
-                tmp.as_str(),
-                &self.files.open_parent(&dest)?.expect("a bucket path").0,
-                dest.file_name().expect("a file name"),
-            )?;
+            let (bucket, name) = self
+                .files
+                .open_parent(&dest)?
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            nix::fcntl::renameat(self.tmp.fd(), tmp.as_str(), &bucket, name)?;
             Ok(())
         })();
         if result.is_err() {

@@ -101,33 +101,23 @@ fn scan(files: &PrivateDir) -> Found {
         .filter(|n| is_hex2(n))
         .collect();
     let next = AtomicU64::new(0);
-    let parts: Vec<Found> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..SCAN_THREADS)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut found = Found::default();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
-                        let Some(top) = tops.get(i) else { break };
-                        let Ok(top) = files.subdir(&top.to_string_lossy()) else {
-                            continue;
-                        };
-                        for sub in top.names().unwrap_or_default() {
-                            if is_hex2(&sub)
-                                && let Ok(b) = top.subdir(&sub.to_string_lossy())
-                            {
-                                scan_bucket(&b, &mut found);
-                            }
-                        }
-                    }
-                    found
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
+    let parts: Vec<Found> = crate::workers::run(SCAN_THREADS, || {
+        let mut found = Found::default();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+            let Some(top) = tops.get(i) else { break };
+            let Ok(top) = files.subdir(&top.to_string_lossy()) else {
+                continue;
+            };
+            for sub in top.names().unwrap_or_default() {
+                if is_hex2(&sub)
+                    && let Ok(b) = top.subdir(&sub.to_string_lossy())
+                {
+                    scan_bucket(&b, &mut found);
+                }
+            }
+        }
+        found
     });
     let mut all = Found::default();
     for mut p in parts {
