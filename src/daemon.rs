@@ -293,19 +293,45 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
 }
 
 /// A budget larger than the filesystem is accepted (the contract), with a warning: a full
-/// disk then degrades to RAM and source reads.
+/// disk then degrades to RAM and source reads. So are budgets of several mounts on one
+/// disk that together exceed it.
 fn warn_if_larger_than_disk(cfg: &MountConfig, capacity: u64) {
-    if let Ok(st) = nix::sys::statvfs::fstatvfs(cfg.cache_dir.fd()) {
-        let total = st.blocks() * st.fragment_size();
-        if capacity > total {
-            warn!(
-                "--disk {} is larger than the filesystem holding {} ({}); a full disk \
-                 degrades to RAM and source reads",
-                human(capacity),
-                cfg.cache_dir.path().display(),
-                human(total)
-            );
-        }
+    let Ok(st) = nix::sys::statvfs::fstatvfs(cfg.cache_dir.fd()) else {
+        return;
+    };
+    let total = st.blocks() * st.fragment_size();
+    if capacity > total {
+        warn!(
+            "--disk {} is larger than the filesystem holding {} ({}); a full disk \
+             degrades to RAM and source reads",
+            human(capacity),
+            cfg.cache_dir.path().display(),
+            human(total)
+        );
+        return;
+    }
+    let Ok(own) = nix::sys::stat::fstat(cfg.cache_dir.fd()) else {
+        return;
+    };
+    let others = crate::cachedir::share::other_caches_on(own.st_dev, cfg.cache_dir.path());
+    let sum: u64 = others.iter().map(|(_, c)| c).sum::<u64>() + capacity;
+    if !others.is_empty() && sum > total {
+        let list: Vec<String> = others
+            .iter()
+            .map(|(d, c)| format!("{} ({})", d.display(), human(*c)))
+            .collect();
+        let msg = format!(
+            "the SSD budgets of {} bicache mounts on this disk add up to {}, more than its {}: \
+             {} and this one ({}); when the disk fills each falls back to RAM and the source. \
+             Give each mount a share (e.g. --disk {}%)",
+            others.len() + 1,
+            human(sum),
+            human(total),
+            list.join(", "),
+            human(capacity),
+            (90 / (others.len() + 1)).max(1)
+        );
+        warn!("{msg}");
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -265,4 +265,32 @@ fn a_changed_dataset_leaves_no_unevictable_dead_chunks() {
         stat(&st, "source.bytes") * 100 < total,
         "the new dataset did not get the cache: {st}"
     );
+}
+
+/// Several mounts with caches on one disk: when their budgets add up to more than the
+/// disk, the mount that tips it over says so in its log.
+#[test]
+fn mounts_whose_budgets_exceed_their_shared_disk_are_warned_about() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    s.file("a.bin", 1000, 1);
+    let disk = Tmpfs::new(&s.base.join("shared-disk"), "64m");
+    let first = Mount::new(&s.src, &disk.0.join("one"), &["--disk", "60%"]);
+    let second = Mount::new(&s.src, &disk.0.join("two"), &["--disk", "60%"]);
+    let log = fs::read_to_string(&second.log_file).unwrap();
+    assert!(
+        log.contains("SSD budgets of 2 bicache mounts on this disk add up to"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&*disk.0.join("one").to_string_lossy()),
+        "{log}"
+    );
+    let quiet = fs::read_to_string(&first.log_file).unwrap();
+    assert!(!quiet.contains("SSD budgets of"), "{quiet}");
+    drop(second);
+    drop(first);
+    drop(disk);
 }

@@ -12,6 +12,7 @@
 
 pub mod fstype;
 pub mod location;
+pub mod share;
 
 use std::ffi::OsStr;
 use std::fs::File;
