@@ -534,3 +534,259 @@ impl<B: Send + Sync + 'static> Vfs<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::disk::{Budget, DiskTier};
+    use crate::cache::{CacheConfig, PinPolicy};
+    use crate::cachedir::CacheDir;
+    use crate::meta::ShardView;
+    use crate::size::SizeSpec;
+    use crate::source::Source;
+    use std::sync::atomic::AtomicUsize;
+
+    struct World {
+        _t: tempfile::TempDir,
+        vfs: Vfs<u32>,
+        stats: Arc<Stats>,
+        big: Vec<u8>,
+    }
+
+    /// A source with a small file and a file of several chunks, a namespace, a cache with
+    /// an SSD tier: everything below FUSE, no mount.
+    fn world(view: Option<ShardView>, strict: bool) -> World {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("d/small"), b"small file").unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(src.join("d/big"), &big).unwrap();
+        let stats = Arc::new(Stats::default());
+        let source = Arc::new(Source::open(&src, stats.clone(), false).unwrap());
+        let dir = CacheDir::claim(&t.path().join("cache")).unwrap();
+        let budget = Budget {
+            spec: SizeSpec::Bytes(64 << 20),
+            pinned_share: 0.95,
+        };
+        let disk = DiskTier::open(&dir, budget, 64 << 10, stats.clone()).unwrap();
+        let cache = ChunkCache::new(
+            CacheConfig {
+                chunk_size: 64 << 10,
+                ram_bytes: 4 << 20,
+                fetch_threads: 2,
+                max_readahead: 1 << 20,
+                pin: PinPolicy::All,
+            },
+            Some(disk),
+            source.clone(),
+            stats.clone(),
+        );
+        let ns = Namespace::new(source, Some(Duration::from_secs(600)), view, stats.clone());
+        let vfs = Vfs::new(ns, cache, stats.clone(), Arc::new(vec![]), strict);
+        World {
+            _t: t,
+            vfs,
+            stats,
+            big,
+        }
+    }
+
+    fn ino(w: &World, path: &str) -> u64 {
+        let mut at = ROOT_INO;
+        for part in path.split('/') {
+            at = w.vfs.lookup(at, OsStr::new(part)).unwrap().attr.ino;
+        }
+        at
+    }
+
+    fn read_all(w: &World, fh: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while out.len() < len {
+            let got = w
+                .vfs
+                .read(fh, out.len() as u64, 128 << 10, |b| b.to_vec())
+                .unwrap();
+            if got.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&got);
+        }
+        out
+    }
+
+    fn no_register(_: &File) -> io::Result<u32> {
+        panic!("passthrough was not to be tried")
+    }
+
+    #[test]
+    fn writes_are_refused_and_control_files_are_read_directly() {
+        let w = world(None, false);
+        let f = ino(&w, "d/small");
+        let e = w.vfs.open(f, true, no_register).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+        assert_eq!(
+            w.vfs.access(true).unwrap_err().raw_os_error(),
+            Some(libc::EROFS)
+        );
+        let dir = w.vfs.lookup(ROOT_INO, OsStr::new(CONTROL_DIR)).unwrap();
+        assert_eq!(dir.attr.kind, Kind::Dir);
+        let stats = w
+            .vfs
+            .lookup(dir.attr.ino, OsStr::new("stats.json"))
+            .unwrap();
+        let o = w.vfs.open(stats.attr.ino, false, no_register).unwrap();
+        assert!(o.direct_io && !o.keep_cache && o.passthrough.is_none());
+        let doc = read_all(&w, o.fh, 1 << 20);
+        assert!(
+            doc.starts_with(b"{\"pid\""),
+            "{}",
+            String::from_utf8_lossy(&doc)
+        );
+        let shard = w.vfs.lookup(dir.attr.ino, OsStr::new("shard.txt")).unwrap();
+        assert_eq!(
+            shard.attr.perm, 0o400,
+            "the shard list is the mounter's alone"
+        );
+        // The root listing does not show the control dir.
+        let root = w.vfs.opendir(ROOT_INO).unwrap();
+        let mut names = Vec::new();
+        w.vfs
+            .readdir(ROOT_INO, root, 0, |_, item| {
+                names.push(item.name.clone());
+                false
+            })
+            .unwrap();
+        assert_eq!(names, [".", "..", "d"]);
+    }
+
+    #[test]
+    fn an_open_reads_its_version_and_keeps_the_page_cache() {
+        let w = world(None, false);
+        let f = ino(&w, "d/big");
+        let o = w.vfs.open(f, false, no_register).unwrap();
+        assert!(
+            o.keep_cache && !o.direct_io,
+            "one inode is one version: keep its pages"
+        );
+        assert_eq!(read_all(&w, o.fh, w.big.len()), w.big);
+        w.vfs.release(o.fh);
+        assert_eq!(
+            w.vfs
+                .read(o.fh, 0, 10, |b| b.len())
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EBADF)
+        );
+    }
+
+    /// Fills the SSD tier with the big file through the daemon, then turns passthrough on.
+    fn cached_big(w: &World) -> u64 {
+        let f = ino(w, "d/big");
+        let o = w.vfs.open(f, false, no_register).unwrap();
+        read_all(w, o.fh, w.big.len());
+        w.vfs.release(o.fh);
+        w.vfs.cache().flush();
+        w.vfs.set_passthrough(true);
+        f
+    }
+
+    #[test]
+    fn passthrough_is_chosen_by_the_first_open_and_shared_by_the_others() {
+        let w = world(None, false);
+        let f = cached_big(&w);
+        let calls = AtomicUsize::new(0);
+        let register = |_: &File| {
+            calls.fetch_add(1, Relaxed);
+            Ok(7u32)
+        };
+        let a = w.vfs.open(f, false, register).unwrap();
+        assert_eq!(a.passthrough.as_deref(), Some(&7));
+        // Opened while the first is open: the same backing file, not registered again.
+        let b = w.vfs.open(f, false, |_: &File| Ok(8u32)).unwrap();
+        assert_eq!(b.passthrough.as_deref(), Some(&7));
+        assert_eq!(calls.load(Relaxed), 1);
+        w.vfs.release(a.fh);
+        w.vfs.release(b.fh);
+        // All released: the next open chooses afresh.
+        let c = w.vfs.open(f, false, |_: &File| Ok(9u32)).unwrap();
+        assert_eq!(c.passthrough.as_deref(), Some(&9));
+        assert_eq!(w.stats.passthrough_opens.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_daemon_mode_open_keeps_later_opens_out_of_passthrough() {
+        let w = world(None, false);
+        let f = ino(&w, "d/big");
+        // Opened before the file is cached: read through the daemon...
+        let a = w.vfs.open(f, false, no_register).unwrap();
+        read_all(&w, a.fh, w.big.len());
+        w.vfs.cache().flush();
+        w.vfs.set_passthrough(true);
+        // ...so a second open of the inode, though the file is now complete, shares it.
+        let b = w.vfs.open(f, false, no_register).unwrap();
+        assert!(b.passthrough.is_none());
+    }
+
+    #[test]
+    fn a_refused_registration_turns_passthrough_off_only_if_it_can_never_work() {
+        let w = world(None, false);
+        let f = cached_big(&w);
+        let o = w
+            .vfs
+            .open(f, false, |_: &File| {
+                Err(io::Error::from_raw_os_error(libc::EMFILE))
+            })
+            .unwrap();
+        assert!(o.passthrough.is_none());
+        assert!(
+            w.vfs.passthrough_enabled(),
+            "a transient error turned passthrough off"
+        );
+        w.vfs.release(o.fh);
+        let o = w
+            .vfs
+            .open(f, false, |_: &File| {
+                Err(io::Error::from_raw_os_error(libc::EPERM))
+            })
+            .unwrap();
+        assert!(o.passthrough.is_none());
+        assert!(!w.vfs.passthrough_enabled());
+        assert_eq!(w.stats.passthrough_enabled.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn shard_strict_refuses_other_shards_files() {
+        let view = |strict| {
+            let members = [crate::meta::path_hash(b"d/small")].into_iter().collect();
+            world(
+                Some(ShardView {
+                    members,
+                    restrict: true,
+                }),
+                strict,
+            )
+        };
+        let w = view(true);
+        assert!(w.vfs.open(ino(&w, "d/small"), false, no_register).is_ok());
+        let e = w
+            .vfs
+            .open(ino(&w, "d/big"), false, no_register)
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES));
+        assert_eq!(w.stats.out_of_shard_opens.load(Relaxed), 1);
+        // Without --shard-strict it is served, and counted; the listing hides it.
+        let w = view(false);
+        assert!(w.vfs.open(ino(&w, "d/big"), false, no_register).is_ok());
+        let d = ino(&w, "d");
+        let fh = w.vfs.opendir(d).unwrap();
+        let mut names = Vec::new();
+        w.vfs
+            .readdir(d, fh, 2, |_, item| {
+                names.push(item.name.clone());
+                false
+            })
+            .unwrap();
+        assert_eq!(names, ["small"]);
+    }
+}
