@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount SOURCE read-only at MOUNTPOINT with a RAM + local-SSD chunk cache.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Unmount a bicache mount (fusermount3 -u works too).
     Unmount { mountpoint: PathBuf },
     /// Print the live counters of a running mount.
@@ -175,6 +175,24 @@ pub struct MountArgs {
     /// The dataset never changes while mounted: trust metadata forever (fastest).
     #[arg(long)]
     pub immutable: bool,
+    /// Source metadata operations a second for revalidating, in the background, what is
+    /// past --metadata-ttl (served meanwhile). 0: revalidate in the foreground instead.
+    #[arg(
+        long,
+        value_name = "OPS",
+        default_value = "200",
+        allow_hyphen_values = true
+    )]
+    pub revalidate_rate: String,
+    /// Memory for metadata (inodes, names, listings); past it the least recently used
+    /// entries are dropped and fetched again when needed. About 140 bytes a file.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "1GiB",
+        allow_hyphen_values = true
+    )]
+    pub meta_budget: String,
     /// Let other users use the mount; the source's permission bits are then enforced.
     #[arg(long)]
     pub allow_other: bool,

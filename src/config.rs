@@ -33,6 +33,9 @@ pub struct MountConfig {
     pub log_file: Option<PathBuf>,
     /// None = trust forever (`--immutable`).
     pub metadata_ttl: Option<Duration>,
+    /// Background revalidation rate (ops/s; 0 = in the foreground).
+    pub revalidate_rate: f64,
+    pub meta_budget: u64,
     pub allow_other: bool,
     pub fuse_threads: usize,
     pub fetch_threads: usize,
@@ -97,6 +100,26 @@ impl MountConfig {
                 args.metadata_ttl
             ));
         }
+        let revalidate_rate = match args.revalidate_rate.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && (0.0..=1e6).contains(&v) => v,
+            _ => {
+                return fail(format!(
+                    "--revalidate-rate: invalid value '{}': expected operations a second, \
+                     0 to 1000000",
+                    args.revalidate_rate
+                ));
+            }
+        };
+        let meta_budget = match parse_size(&args.meta_budget, false) {
+            Ok(SizeSpec::Bytes(b)) if b >= 1 << 20 => b,
+            Ok(_) => {
+                return fail(format!(
+                    "--meta-budget: invalid size '{}': at least 1MiB",
+                    args.meta_budget
+                ));
+            }
+            Err(e) => return fail(format!("--meta-budget: {e}")),
+        };
         thread_count("--fuse-threads", args.fuse_threads, 256)?;
         thread_count("--fetch-threads", args.fetch_threads, 256)?;
         thread_count("--prefetch-threads", args.prefetch_threads, 64)?;
@@ -218,6 +241,8 @@ impl MountConfig {
             } else {
                 Some(Duration::from_secs_f64(ttl_secs))
             },
+            revalidate_rate,
+            meta_budget,
             allow_other: args.allow_other,
             fuse_threads: args.fuse_threads,
             fetch_threads: args.fetch_threads,

@@ -16,7 +16,7 @@ use crate::cache::disk::{Budget, DiskTier};
 use crate::cache::{CacheConfig, ChunkCache, PIN_SHARE, PinPolicy, Tier};
 use crate::config::MountConfig;
 use crate::fuse::BicacheFs;
-use crate::meta::Namespace;
+use crate::meta::{Namespace, Options as NamespaceOptions};
 use crate::prefetch;
 use crate::size::{SizeSpec, human};
 use crate::source::Source;
@@ -221,7 +221,20 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
     );
     let has_disk = cache.has_disk();
     let shard = crate::shard::setup::for_mount(cfg, &source, &cache, &stats)?;
-    let ns = Namespace::new(source, cfg.metadata_ttl, shard.view, stats.clone());
+    let ns = Namespace::new(
+        source,
+        NamespaceOptions {
+            ttl: cfg.metadata_ttl,
+            revalidate_rate: cfg.revalidate_rate,
+            budget: cfg.meta_budget,
+        },
+        shard.view,
+        stats.clone(),
+    );
+    // What the last mount knew: no re-stat of the dataset at a job's start.
+    ns.load(&cfg.cache_dir);
+    ns.keep_in(cfg.cache_dir.try_clone().map_err(|e| e.to_string())?);
+    let hint_slot = ns.kernel_hint_slot();
     let passthrough_depth =
         (cfg.passthrough && has_disk).then(|| cfg.cache_dir.fs_type().passthrough_stack_depth());
     let vfs = Vfs::new(
@@ -253,6 +266,12 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
 
     let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config)
         .map_err(|e| format!("cannot mount at {}: {e}", cfg.mountpoint.display()))?;
+    let notifier = session.notifier();
+    let _ = hint_slot.set(Box::new(move |parent, name| {
+        // A name that no longer leads where it did: the kernel drops its entry and looks
+        // the name up again (or forgets the inode, for the metadata budget).
+        let _ = notifier.inval_entry(fuser::INodeNo(parent), name);
+    }));
     raise_kernel_readahead(&cfg.mountpoint, cfg.chunk_size);
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()

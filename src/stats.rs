@@ -37,6 +37,8 @@ pub struct Stats {
     pub source_bytes: AtomicU64,
     /// lstat/readdir/readlink/open calls on the source.
     pub source_meta_ops: AtomicU64,
+    /// Those of them made in the background (revalidation, prefetch), no reader waiting.
+    pub source_meta_ops_background: AtomicU64,
     pub source_errors: AtomicU64,
     pub readahead_chunks: AtomicU64,
     pub prefetch_files_done: AtomicU64,
@@ -61,6 +63,8 @@ pub struct Stats {
     /// Bytes and entries of the namespace's node table (inodes, names, listings).
     pub meta_bytes: AtomicU64,
     pub meta_entries: AtomicU64,
+    /// Entries waiting for background revalidation.
+    pub meta_revalidate_queued: AtomicU64,
     /// Where the cache lives, set once at start.
     pub cache_location: std::sync::OnceLock<CacheLocation>,
 }
@@ -169,6 +173,7 @@ impl Stats {
                 reads: get(&self.source_reads),
                 bytes: get(&self.source_bytes),
                 meta_ops: get(&self.source_meta_ops),
+                meta_ops_background: get(&self.source_meta_ops_background),
                 errors: get(&self.source_errors),
             },
             readahead: ReadaheadCounts {
@@ -198,6 +203,7 @@ impl Stats {
             meta: MetaCounts {
                 bytes: get(&self.meta_bytes),
                 entries: get(&self.meta_entries),
+                revalidate_queued: get(&self.meta_revalidate_queued),
             },
             cache: self.cache_location.get().cloned().unwrap_or_default(),
         }
@@ -246,6 +252,7 @@ pub struct SourceCounts {
     pub reads: u64,
     pub bytes: u64,
     pub meta_ops: u64,
+    pub meta_ops_background: u64,
     pub errors: u64,
 }
 
@@ -303,6 +310,7 @@ pub struct Snapshot {
 pub struct MetaCounts {
     pub bytes: u64,
     pub entries: u64,
+    pub revalidate_queued: u64,
 }
 
 fn hit_rate(t: &TierCounts) -> String {

@@ -513,9 +513,11 @@ impl<B: Send + Sync + 'static> Vfs<B> {
         }
     }
 
-    /// Stops background work and waits until every queued chunk reached the SSD tier.
+    /// Stops background work, waits until every queued chunk reached the SSD tier, and
+    /// keeps the namespace for the next mount.
     pub fn shutdown(&self) {
         self.cache.shutdown();
+        self.ns.shutdown();
     }
 
     fn control_snapshot(&self, ino: u64) -> Vec<u8> {
@@ -582,7 +584,12 @@ mod tests {
             source.clone(),
             stats.clone(),
         );
-        let ns = Namespace::new(source, Some(Duration::from_secs(600)), view, stats.clone());
+        let opts = crate::meta::Options {
+            ttl: Some(Duration::from_secs(600)),
+            revalidate_rate: 0.0,
+            budget: 1 << 30,
+        };
+        let ns = Namespace::new(source, opts, view, stats.clone());
         let vfs = Vfs::new(ns, cache, stats.clone(), Arc::new(vec![]), strict);
         World {
             _t: t,

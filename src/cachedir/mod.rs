@@ -148,6 +148,28 @@ impl PrivateDir {
         res
     }
 
+    /// Replaces `name` with what `write` writes, atomically (a temporary name, synced,
+    /// renamed), without holding the whole content in memory.
+    pub fn write_atomic_with(
+        &self,
+        name: &str,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let tmp = format!(".{name}.tmp-{}", std::process::id());
+        let result = (|| -> io::Result<()> {
+            let f = self.open_file(&tmp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)?;
+            let mut w = io::BufWriter::with_capacity(1 << 20, f);
+            write(&mut w)?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_data()?;
+            self.rename(&tmp, name)
+        })();
+        if result.is_err() {
+            let _ = self.remove_file(&tmp);
+        }
+        result
+    }
+
     pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         Ok(nix::fcntl::renameat(
             self.fd.as_fd(),

@@ -116,6 +116,11 @@ pub const HAS_ATTR: u8 = 2;
 pub const LISTED: u8 = 4;
 /// Waiting in the revalidation queue.
 pub const QUEUED: u8 = 8;
+/// Holds a cache reference: kept after the kernel forgets it, until the metadata budget
+/// needs the room (then the least recently used go first).
+pub const CACHED: u8 = 16;
+/// Used since the budget's sweep last passed it.
+pub const REFERENCED: u8 = 32;
 
 /// One directory entry. Directories' listings are kept beside, in `Table::dirs`: they are
 /// few, and every byte here is paid per file.
@@ -167,6 +172,8 @@ pub struct Table {
     dirs: HashMap<Idx, Listing>,
     listing_entries: usize,
     live: usize,
+    /// Where the budget's sweep goes on from.
+    hand: usize,
 }
 
 fn key_hash(parent: Idx, name: &[u8]) -> u64 {
@@ -201,6 +208,7 @@ impl Table {
             dirs: HashMap::new(),
             listing_entries: 0,
             live: 0,
+            hand: 0,
         };
         let root = t.alloc(Node {
             parent: NONE,
@@ -336,6 +344,11 @@ impl Table {
         self.unindex(i);
         if let Some(n) = self.get_mut(i) {
             n.flags |= SUPERSEDED;
+            // No use as cache any more: only its handles and the kernel keep it.
+            if n.flags & CACHED != 0 {
+                n.flags &= !CACHED;
+                n.refs -= 1;
+            }
         }
         // Its listing (if a folder) describes a folder no longer there.
         self.drop_listing(i);
@@ -358,6 +371,17 @@ impl Table {
             n.nlookup = n.nlookup.saturating_sub(count.min(u32::MAX as u64) as u32);
         }
         self.maybe_free(i);
+    }
+
+    /// Keeps a node as cache (until the budget needs it) and marks it used.
+    pub fn cache(&mut self, i: Idx) {
+        if let Some(n) = self.get_mut(i) {
+            if n.flags & CACHED == 0 {
+                n.flags |= CACHED;
+                n.refs += 1;
+            }
+            n.flags |= REFERENCED;
+        }
     }
 
     /// An open handle references the node.
@@ -503,6 +527,61 @@ impl Table {
 
     pub fn live(&self) -> usize {
         self.live
+    }
+
+    /// Bytes the live nodes, their names, index entries and listings take (what the
+    /// metadata budget is held to; `bytes` is what is allocated, at least this).
+    pub fn live_bytes(&self) -> u64 {
+        let arena: usize = self.arena.iter().map(|b| b.len()).sum::<usize>() - self.arena_garbage;
+        (self.live * (std::mem::size_of::<Option<Node>>() + 8)
+            + arena
+            + self.listing_entries * std::mem::size_of::<Idx>()
+            + self.dirs.len() * std::mem::size_of::<(Idx, Listing)>()) as u64
+    }
+
+    /// Frees the least recently used cache until the live bytes are at most `target`:
+    /// listings of folders not used lately, then nodes nobody else holds. Returns what
+    /// only the kernel still holds, as (parent, name), for the caller to ask the kernel
+    /// to forget; at most `max_steps` slots are looked at.
+    pub fn sweep(&mut self, target: u64, max_steps: usize) -> Vec<(Idx, Vec<u8>)> {
+        let mut ask_kernel = Vec::new();
+        let slots = self.next;
+        if slots <= 1 {
+            return ask_kernel;
+        }
+        for _ in 0..max_steps {
+            if self.live_bytes() <= target {
+                break;
+            }
+            self.hand = (self.hand + 1) % slots;
+            let i = self.hand as Idx;
+            if i == ROOT {
+                continue;
+            }
+            let Some(n) = self.get_mut(i) else { continue };
+            if n.flags & REFERENCED != 0 {
+                n.flags &= !REFERENCED;
+                continue;
+            }
+            let (cached, nlookup, superseded) = (n.flags & CACHED != 0, n.nlookup, n.superseded());
+            if self.dirs.contains_key(&i) {
+                self.drop_listing(i);
+            }
+            if cached && let Some(n) = self.get_mut(i) {
+                n.flags &= !CACHED;
+                n.refs -= 1;
+            }
+            let parent = self.get(i).map(|n| n.parent);
+            self.maybe_free(i);
+            if nlookup > 0
+                && !superseded
+                && let Some(p) = parent
+                && self.get(i).is_some()
+            {
+                ask_kernel.push((p, self.name(i).to_vec()));
+            }
+        }
+        ask_kernel
     }
 
     /// Bytes held by the table (what `meta.bytes` reports).

@@ -30,6 +30,17 @@ use crate::beneath::{self, Beneath};
 use crate::buf::Buf;
 use crate::stats::Stats;
 
+thread_local! {
+    /// Set on threads whose source operations no reader waits for (revalidation,
+    /// prefetch): they are counted apart, as `source.meta_ops_background`.
+    static BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as doing background work (see `BACKGROUND`).
+pub fn mark_background_thread() {
+    BACKGROUND.set(true);
+}
+
 /// How many source files stay open between reads (bounded, far below the fd limit).
 const OPEN_FILES: usize = 256;
 
@@ -313,6 +324,9 @@ impl Source {
 
     fn count_meta(&self, n: u64) {
         self.stats.source_meta_ops.fetch_add(n, Relaxed);
+        if BACKGROUND.get() {
+            self.stats.source_meta_ops_background.fetch_add(n, Relaxed);
+        }
     }
 
     /// lstat of `rel` ("" is the root).
