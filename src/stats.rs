@@ -62,6 +62,10 @@ pub struct Stats {
     pub passthrough_opens: AtomicU64,
     /// Bytes and entries of the namespace's node table (inodes, names, listings).
     pub meta_bytes: AtomicU64,
+    /// What the live entries take (what --meta-budget holds; meta_bytes is what is
+    /// allocated, at least this), and the budget.
+    pub meta_live_bytes: AtomicU64,
+    pub meta_budget: AtomicU64,
     pub meta_entries: AtomicU64,
     /// Entries waiting for background revalidation.
     pub meta_revalidate_queued: AtomicU64,
@@ -202,6 +206,8 @@ impl Stats {
             },
             meta: MetaCounts {
                 bytes: get(&self.meta_bytes),
+                live_bytes: get(&self.meta_live_bytes),
+                budget: get(&self.meta_budget),
                 entries: get(&self.meta_entries),
                 revalidate_queued: get(&self.meta_revalidate_queued),
             },
@@ -309,6 +315,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MetaCounts {
     pub bytes: u64,
+    pub live_bytes: u64,
+    pub budget: u64,
     pub entries: u64,
     pub revalidate_queued: u64,
 }

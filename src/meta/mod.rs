@@ -145,6 +145,7 @@ impl Namespace {
         view: Option<ShardView>,
         stats: Arc<Stats>,
     ) -> Namespace {
+        stats.meta_budget.store(opts.budget, Relaxed);
         let inner = Arc::new(Inner {
             source,
             table: RwLock::new(Table::new()),
@@ -331,6 +332,7 @@ impl Inner {
 
     fn publish_counts(&self, t: &Table) {
         self.stats.meta_bytes.store(t.bytes(), Relaxed);
+        self.stats.meta_live_bytes.store(t.live_bytes(), Relaxed);
         self.stats.meta_entries.store(t.live() as u64, Relaxed);
     }
 
