@@ -327,3 +327,59 @@ fn prefetch_under_plain_lru_and_after_a_remount_completes() {
         assert_eq!(stat(&st, "source.bytes"), 0, "{policy} after remount: {st}");
     }
 }
+
+/// Every rank with its own cache dir (a common layout): the dataset is walked once on the
+/// node, not once per rank; the ranks that come second wait for the first one's list.
+#[test]
+fn ranks_with_their_own_cache_dirs_walk_the_dataset_once() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let files = dataset(&s);
+    let mounts: Vec<Mount> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..4)
+            .map(|r| {
+                let s = &s;
+                sc.spawn(move || {
+                    let index = r.to_string();
+                    Mount::new(
+                        &s.src,
+                        &s.base.join(format!("cache-rank{r}")),
+                        &[
+                            "--shard-index",
+                            &index,
+                            "--shard-count",
+                            "4",
+                            "--prefetch",
+                            "off",
+                            "--disk",
+                            "16MiB",
+                        ],
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ops: Vec<u64> = mounts
+        .iter()
+        .map(|m| stat(&m.stats(), "source.meta_ops"))
+        .collect();
+    let walk = files.len() as u64;
+    let walkers = ops.iter().filter(|&&o| o >= walk).count();
+    assert_eq!(
+        walkers, 1,
+        "source metadata operations per rank at mount: {ops:?}"
+    );
+    assert!(ops.iter().sum::<u64>() < walk + 20, "{ops:?}");
+    // And the shards are the same as ever: disjoint, together the dataset.
+    let mut all = BTreeSet::new();
+    for m in &mounts {
+        let shard = fs::read_to_string(m.path(".bicache/shard.txt")).unwrap();
+        for line in shard.lines() {
+            assert!(all.insert(line.to_string()), "{line} in two shards");
+        }
+    }
+    assert_eq!(all.len(), files.len());
+}

@@ -119,6 +119,16 @@ pub fn default_cache_dir(
     choose(source, env, &top_level_dirs())
 }
 
+/// A folder of this user's on the node-local disk the default cache would use, shared by
+/// all of the user's mounts on the node whatever their cache dirs (e.g. the dataset walks
+/// every rank of a job would otherwise repeat). None if there is no such disk.
+pub fn node_shared_dir(name: &str) -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k);
+    let c = choose(Path::new("/"), &env, &top_level_dirs()).ok()?;
+    // `choose` names a folder for a source under the private folder: take its parent.
+    Some(c.path.parent()?.join(name))
+}
+
 fn choose(
     source: &Path,
     env: &dyn Fn(&str) -> Option<OsString>,

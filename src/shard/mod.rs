@@ -65,40 +65,61 @@ impl AlwaysVisible {
 
 /// Every regular file of the dataset, sorted by path: from `manifest` when given (each
 /// listed path lstat-ed), else a parallel walk of the source that does not follow symlinks.
-/// With `cache_dir` the walk is kept in a file there and reused while the source root's
-/// mtime is unchanged. That key sees files added or removed at the top level only: a
-/// dataset that changes deeper down needs a manifest or a fresh cache dir. A trade made on
-/// purpose: re-walking a large tree on a metadata-slow filesystem at every mount is what
-/// this cache avoids, and datasets are normally written once.
+///
+/// With `shared` the list is kept in a file there and reused: a walk while the source
+/// root's mtime is unchanged, a manifest's check while the manifest is. Mounts that share
+/// the folder (all of a user's mounts on a node: every rank of a job) take turns under a
+/// lock, so the node walks the dataset once, not once per rank. The walk's key sees files
+/// added or removed at the top level only: a dataset that changes deeper down needs a
+/// manifest. A trade made on purpose: re-walking a large tree on a metadata-slow
+/// filesystem at every mount is what this cache avoids, and datasets are normally written
+/// once. (Prefetch and reads always ask the source for each file's current version.)
 pub fn list_dataset(
     source: &Source,
     manifest: Option<&Path>,
-    cache_dir: Option<&PrivateDir>,
+    shared: Option<&PrivateDir>,
 ) -> Result<Vec<FileVersion>, String> {
-    if let Some(m) = manifest {
-        return walk::read_manifest(source, m);
-    }
-    // The key is taken before the walk: a change during the walk then makes it stale.
-    let root = source.lstat(Path::new("")).map_err(|e| {
-        format!(
-            "cannot access source '{}': {e}",
-            source.root_path().display()
-        )
-    })?;
-    let key = WalkKey {
-        source: fs::canonicalize(source.root_path())
-            .unwrap_or_else(|_| source.root_path().to_path_buf()),
-        root_mtime_ns: root.mtime_ns(),
+    let canonical =
+        fs::canonicalize(source.root_path()).unwrap_or_else(|_| source.root_path().to_path_buf());
+    let key = match manifest {
+        Some(m) => {
+            let bytes =
+                fs::read(m).map_err(|e| format!("cannot read manifest '{}': {e}", m.display()))?;
+            WalkKey {
+                source: canonical,
+                root_mtime_ns: xxhash_rust::xxh3::xxh3_64(&bytes) as i128,
+                what: "manifest",
+            }
+        }
+        None => {
+            // The key is taken before the walk: a change during the walk makes it stale.
+            let root = source.lstat(Path::new("")).map_err(|e| {
+                format!(
+                    "cannot access source '{}': {e}",
+                    source.root_path().display()
+                )
+            })?;
+            WalkKey {
+                source: canonical,
+                root_mtime_ns: root.mtime_ns(),
+                what: "walk",
+            }
+        }
     };
-    if let Some(dir) = cache_dir
-        && let Some(files) = load_walk_cache(dir, &key)
-    {
+    let compute = || match manifest {
+        Some(m) => walk::read_manifest(source, m),
+        None => walk::walk(source),
+    };
+    let Some(dir) = shared else {
+        return compute();
+    };
+    // Another mount walking the same source: wait for its result rather than walk too.
+    let _turn = take_turn(dir, &key);
+    if let Some(files) = load_walk_cache(dir, &key) {
         return Ok(files);
     }
-    let files = walk::walk(source)?;
-    if let Some(dir) = cache_dir
-        && let Err(e) = store_walk_cache(dir, &key, &files)
-    {
+    let files = compute()?;
+    if let Err(e) = store_walk_cache(dir, &key, &files) {
         // Only an optimisation: the next mount walks again.
         tracing::warn!(
             "cannot keep the dataset listing in {}: {e}",
@@ -106,6 +127,27 @@ pub fn list_dataset(
         );
     }
     Ok(files)
+}
+
+/// Holds the lock of one list (`<name>.lock`), waiting for a mount that has it. No lock
+/// (an error) only costs the sharing.
+fn take_turn(dir: &PrivateDir, key: &WalkKey) -> Option<std::fs::File> {
+    let name = format!("{}.lock", key.file_name());
+    let f = dir
+        .open_file(
+            &name,
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CREAT,
+        )
+        .ok()?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // Safety: flock on a descriptor we own; released when it is closed.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        tracing::info!("another mount is listing this dataset: waiting for its list");
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return None;
+        }
+    }
+    Some(f)
 }
 
 fn load_walk_cache(dir: &PrivateDir, key: &WalkKey) -> Option<Vec<FileVersion>> {
@@ -208,7 +250,7 @@ mod tests {
         let entries: Vec<_> = fs::read_dir(cache.path())
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| !p.ends_with(crate::cachedir::MARKER))
+            .filter(|p| p.to_string_lossy().ends_with(".txt"))
             .collect();
         assert_eq!(entries.len(), 1, "{entries:?}");
         let cached = &entries[0];

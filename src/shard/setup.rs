@@ -40,7 +40,15 @@ pub fn for_mount(
         });
     }
     let started = std::time::Instant::now();
-    let files = list_dataset(source, sa.manifest.as_deref(), Some(&cfg.cache_dir))?;
+    // Lists are kept where all of this user's mounts on the node see them (else in this
+    // mount's cache dir).
+    let shared = crate::cachedir::location::node_shared_dir("lists")
+        .and_then(|p| crate::cachedir::CacheDir::claim(&p).ok());
+    let keep: &crate::cachedir::PrivateDir = match &shared {
+        Some(d) => d,
+        None => &cfg.cache_dir,
+    };
+    let files = list_dataset(source, sa.manifest.as_deref(), Some(keep))?;
     info!(
         files = files.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,

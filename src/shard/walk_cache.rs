@@ -21,18 +21,26 @@ use crate::source::walk::normalize_rel;
 
 const WALK_MAGIC: &str = "bicache-walk 2";
 
-/// What a cached walk is valid for: one source, and its root as it was when walked.
+/// What a cached list is valid for: one source, and its root as it was when walked (a
+/// walk), or the manifest's bytes (a manifest's checked list).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalkKey {
     pub source: PathBuf,
+    /// The root's mtime in ns for a walk; the xxh3 of the manifest for a manifest.
     pub root_mtime_ns: i128,
+    /// "walk" or "manifest": names the file.
+    pub what: &'static str,
 }
 
 impl WalkKey {
-    /// The file name the walk of this source is kept under.
+    /// The file name the list is kept under.
     pub fn file_name(&self) -> String {
-        let h = xxhash_rust::xxh3::xxh3_64(self.source.as_os_str().as_encoded_bytes());
-        format!("walk-{h:016x}.txt")
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(self.source.as_os_str().as_encoded_bytes());
+        if self.what != "walk" {
+            h.update(&self.root_mtime_ns.to_le_bytes());
+        }
+        format!("{}-{:016x}.txt", self.what, h.digest())
     }
 }
 
@@ -148,6 +156,7 @@ mod tests {
         WalkKey {
             source: PathBuf::from("/data/set"),
             root_mtime_ns: 123_456_789_012,
+            what: "walk",
         }
     }
 
@@ -193,6 +202,7 @@ mod tests {
         let other = WalkKey {
             source: key.source.clone(),
             root_mtime_ns: 1,
+            what: "walk",
         };
         assert_eq!(decode(&enc, &other), None);
         // Every truncation and every single-byte change is rejected, never a panic.
