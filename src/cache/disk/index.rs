@@ -294,6 +294,12 @@ impl Index {
     /// Returns the victims for the caller to delete; `Err` with them if it can't fit.
     pub fn make_room(&mut self, extra: u64, protect: u128) -> Result<Vec<Entry>, Vec<Entry>> {
         let mut victims = Vec::new();
+        // Pinned entries never go: if dropping every other one would not make room, fail
+        // now rather than after two turns of the hand (a full cache of pinned files would
+        // otherwise cost O(files) a write).
+        if self.pinned + self.reserved + extra > self.capacity {
+            return Err(victims);
+        }
         let n = self.slab.len();
         // Two full turns: the first may only clear referenced bits.
         let mut steps = 2 * n + 1;
@@ -426,6 +432,13 @@ mod tests {
         ix.insert(small(1, 4096), true);
         ix.insert(small(2, 4096), false);
         assert!(ix.make_room(8192, 2).is_err());
+        // More than pinned entries leave room for: refused without evicting anyone.
+        let mut ix = Index::new(4 * 4096, 4 * 4096);
+        for k in 0..3 {
+            ix.insert(small(k, 4096), k < 2);
+        }
+        assert_eq!(ix.make_room(3 * 4096, u128::MAX).unwrap_err().len(), 0);
+        assert_eq!(ix.len(), 3);
     }
 
     #[test]

@@ -257,6 +257,7 @@ pub fn open(
         stats,
         tmp_seq: AtomicU64::new(0),
         failing: AtomicBool::new(false),
+        memory_measured: Mutex::new(None),
     };
     for v in &over {
         inner.unlink(v);
