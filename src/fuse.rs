@@ -152,7 +152,7 @@ impl Filesystem for BicacheFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.vfs.getattr(ino.0, fh.is_some()) {
+        match self.vfs.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(r) => reply.attr(&r.ttl, &fuse_attr(&r.attr)),
             Err(e) => reply.error(errno(&e)),
         }

@@ -38,8 +38,10 @@ const CONTROL_FILES: &[(&str, u64)] = &[
     ("stats.txt", STATS_TXT_INO),
     ("shard.txt", SHARD_TXT_INO),
 ];
-/// Fixed TTL for the control files: their attributes never change.
-pub const CONTROL_TTL: Duration = Duration::from_secs(1);
+/// The control files' attributes are not cached by the kernel: their size is that of
+/// the document being read (below), which changes with the counters.
+const CONTROL_FILE_TTL: Duration = Duration::ZERO;
+const CONTROL_DIR_TTL: Duration = Duration::from_secs(1);
 
 fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
@@ -207,12 +209,27 @@ impl<B: Send + Sync + 'static> Vfs<B> {
         (CONTROL_DIR_INO..=SHARD_TXT_INO).contains(&ino)
     }
 
-    fn control_attr(&self, ino: u64) -> Attr {
+    /// A control file's size is its document's length: the document an open handle
+    /// holds when asked through it (fstat), else a fresh one. The true size matters:
+    /// sendfile and copy_file_range (`shutil.copy`) stop at it.
+    fn control_size(&self, ino: u64, fh: Option<u64>) -> u64 {
+        if ino == CONTROL_DIR_INO {
+            return 0;
+        }
+        if let Some(h) = fh.and_then(|fh| self.handle(fh))
+            && let Handle::Control(doc) = &*h
+        {
+            return doc.len() as u64;
+        }
+        self.control_snapshot(ino).len() as u64
+    }
+
+    fn control_attr(&self, ino: u64, fh: Option<u64>) -> Attr {
         let dir = ino == CONTROL_DIR_INO;
         Attr {
             ino,
             kind: if dir { Kind::Dir } else { Kind::File },
-            size: 0,
+            size: self.control_size(ino, fh),
             blocks: 0,
             atime: self.mounted_at,
             mtime: self.mounted_at,
@@ -233,10 +250,14 @@ impl<B: Send + Sync + 'static> Vfs<B> {
         }
     }
 
-    fn control_reply(&self, ino: u64) -> Reply {
+    fn control_reply(&self, ino: u64, fh: Option<u64>) -> Reply {
         Reply {
-            attr: self.control_attr(ino),
-            ttl: CONTROL_TTL,
+            attr: self.control_attr(ino, fh),
+            ttl: if ino == CONTROL_DIR_INO {
+                CONTROL_DIR_TTL
+            } else {
+                CONTROL_FILE_TTL
+            },
         }
     }
 
@@ -249,11 +270,11 @@ impl<B: Send + Sync + 'static> Vfs<B> {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Reply> {
         if parent == ROOT_INO && name == CONTROL_DIR {
-            return Ok(self.control_reply(CONTROL_DIR_INO));
+            return Ok(self.control_reply(CONTROL_DIR_INO, None));
         }
         if parent == CONTROL_DIR_INO {
             return match CONTROL_FILES.iter().find(|(n, _)| name == *n) {
-                Some((_, ino)) => Ok(self.control_reply(*ino)),
+                Some((_, ino)) => Ok(self.control_reply(*ino, None)),
                 None => Err(errno(libc::ENOENT)),
             };
         }
@@ -266,11 +287,12 @@ impl<B: Send + Sync + 'static> Vfs<B> {
         }
     }
 
-    pub fn getattr(&self, ino: u64, with_handle: bool) -> io::Result<Reply> {
+    /// Attributes of `ino`; `fh` when asked through an open file (fstat).
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> io::Result<Reply> {
         if Self::is_control(ino) {
-            return Ok(self.control_reply(ino));
+            return Ok(self.control_reply(ino, fh));
         }
-        self.ns.getattr(ino, with_handle).map(|e| self.reply(&e))
+        self.ns.getattr(ino, fh.is_some()).map(|e| self.reply(&e))
     }
 
     pub fn readlink(&self, ino: u64) -> io::Result<PathBuf> {
@@ -650,6 +672,12 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&doc)
         );
+        // Its size (uncached) is that of the document the handle reads (sendfile stops
+        // there), and a fresh document's by path.
+        let through_fh = w.vfs.getattr(stats.attr.ino, Some(o.fh)).unwrap();
+        assert_eq!(through_fh.attr.size, doc.len() as u64);
+        assert_eq!(through_fh.ttl, Duration::ZERO);
+        assert!(stats.attr.size > 100, "{}", stats.attr.size);
         let shard = w.vfs.lookup(dir.attr.ino, OsStr::new("shard.txt")).unwrap();
         assert_eq!(
             shard.attr.perm, 0o400,
