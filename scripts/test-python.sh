@@ -4,7 +4,7 @@
 #      from PyPI into pip's isolated build environment; cargo builds the binary, into
 #      $CARGO_TARGET_DIR if set, else ./target);
 #   2. checks that the wheel holds the binary and the package, installs it into a fresh
-#      venv, with pytest and pytest-timeout from PyPI;
+#      venv, with pytest, pytest-timeout and prometheus_client (the metrics tests parse with it) from PyPI;
 #   3. runs tests/python with that venv's pytest from outside the checkout
 #      (--import-mode=importlib: the installed package is tested, never ./python).
 # Needs cargo, python3 (>= 3.8, with venv) and FUSE (/dev/fuse, fusermount3): the tests
@@ -49,7 +49,7 @@ echo "== venv ($("$PYTHON" --version 2>&1)) in $WORK/venv"
 "$PYTHON" -m venv "$WORK/venv"
 VPY=$WORK/venv/bin/python
 PIP=("$VPY" -m pip --disable-pip-version-check)
-"${PIP[@]}" install --quiet pytest pytest-timeout
+"${PIP[@]}" install --quiet pytest pytest-timeout prometheus_client
 
 # `pip install .` builds for this machine only (maturin's PEP 517 default: a plain linux
 # tag, no audit). Here the same PEP 517 build is asked for the manylinux policy a wheel for

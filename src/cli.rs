@@ -160,6 +160,10 @@ pub struct MountArgs {
     /// Stay attached and log to stderr; SIGINT/SIGTERM unmount cleanly.
     #[arg(long)]
     pub foreground: bool,
+    /// Serve the stats as Prometheus/OpenMetrics text on http://ADDR/metrics (HOST:PORT,
+    /// or a port alone for 127.0.0.1). Dataset-level counters only.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Daemon log file [default: <cache-dir>/bicache.log]. Filter with RUST_LOG (default info).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,

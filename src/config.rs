@@ -36,6 +36,8 @@ pub struct MountConfig {
     /// Background revalidation rate (ops/s; 0 = in the foreground).
     pub revalidate_rate: f64,
     pub meta_budget: u64,
+    /// `--metrics`: where to serve Prometheus text.
+    pub metrics: Option<std::net::SocketAddr>,
     pub allow_other: bool,
     pub fuse_threads: usize,
     pub fetch_threads: usize,
@@ -119,6 +121,10 @@ impl MountConfig {
                 ));
             }
             Err(e) => return fail(format!("--meta-budget: {e}")),
+        };
+        let metrics = match &args.metrics {
+            Some(a) => Some(crate::metrics::parse_addr(a).map_err(ConfigError)?),
+            None => None,
         };
         thread_count("--fuse-threads", args.fuse_threads, 256)?;
         thread_count("--fetch-threads", args.fetch_threads, 256)?;
@@ -243,6 +249,7 @@ impl MountConfig {
             },
             revalidate_rate,
             meta_budget,
+            metrics,
             allow_other: args.allow_other,
             fuse_threads: args.fuse_threads,
             fetch_threads: args.fetch_threads,

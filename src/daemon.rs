@@ -180,6 +180,9 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
         dir: cfg.cache_dir.path().display().to_string(),
         fs_type: cfg.cache_dir.fs_type().name(),
     });
+    if let Some(addr) = cfg.metrics {
+        crate::metrics::serve(addr, stats.clone(), cfg.chunk_size)?;
+    }
     let source = Arc::new(Source::open_dataset(
         &cfg.source,
         stats.clone(),

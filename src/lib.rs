@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod flight;
 pub mod fuse;
 pub mod meta;
+pub mod metrics;
 pub mod mountinfo;
 pub mod prefetch;
 pub mod shard;

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::size::human;
@@ -71,6 +72,59 @@ pub struct Stats {
     pub meta_revalidate_queued: AtomicU64,
     /// Where the cache lives, set once at start.
     pub cache_location: std::sync::OnceLock<CacheLocation>,
+    /// How long reads through the daemon took, by the tier that served them.
+    pub read_latency: ReadLatency,
+}
+
+/// The tier that served a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Ram,
+    Disk,
+    Source,
+}
+
+/// Latency histograms of reads (10 µs to ~10 s, by factors of 4).
+#[derive(Debug)]
+pub struct ReadLatency {
+    ram: Histogram,
+    disk: Histogram,
+    source: Histogram,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1e-5, 4.0, 11,
+    ))
+}
+
+impl Default for ReadLatency {
+    fn default() -> Self {
+        ReadLatency {
+            ram: latency_histogram(),
+            disk: latency_histogram(),
+            source: latency_histogram(),
+        }
+    }
+}
+
+impl ReadLatency {
+    pub fn observe(&self, by: Served, took: std::time::Duration) {
+        let h = match by {
+            Served::Ram => &self.ram,
+            Served::Disk => &self.disk,
+            Served::Source => &self.source,
+        };
+        h.observe(took.as_secs_f64());
+    }
+
+    pub fn by_tier(&self) -> [(&'static str, &Histogram); 3] {
+        [
+            ("ram", &self.ram),
+            ("disk", &self.disk),
+            ("source", &self.source),
+        ]
+    }
 }
 
 /// Where the SSD tier lives: reported so an admin sees at once if a cache landed on a

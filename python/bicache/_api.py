@@ -366,6 +366,9 @@ def mount(
     overflow: Optional[float] = None,
     prefetch: Optional[bool] = None,
     prefetch_threads: Optional[int] = None,
+    revalidate_rate: Optional[Union[int, float]] = None,
+    meta_budget: Optional[Size] = None,
+    metrics: Optional[Union[int, str]] = None,
     extra_args: Sequence[str] = (),
 ) -> Mount:
     """Mount ``source`` read-only through the cache; return once the mount is live.
@@ -410,6 +413,11 @@ def mount(
         min_files, overflow: with ``shard_size="auto"``.
         prefetch: prefetch the shard in the background (``--prefetch on|off``; CLI default:
             on when sharded).
+        revalidate_rate: source operations per second spent revalidating metadata past
+            the TTL in the background (``--revalidate-rate``; 0: in the foreground).
+        meta_budget: memory for metadata (``--meta-budget``), bytes or a str.
+        metrics: serve Prometheus/OpenMetrics text on ``http://ADDR/metrics``
+            (``--metrics``): a port (int or str, on 127.0.0.1) or ``"HOST:PORT"``.
         extra_args: more CLI arguments, passed as they are (before SOURCE).
 
     Returns:
@@ -467,6 +475,14 @@ def mount(
         flags.append("--prefetch=" + ("on" if prefetch else "off"))
     if prefetch_threads is not None:
         flags.append("--prefetch-threads=" + _integer("prefetch_threads", prefetch_threads))
+    if revalidate_rate is not None:
+        flags.append("--revalidate-rate=" + _number("revalidate_rate", revalidate_rate))
+    if meta_budget is not None:
+        flags.append("--meta-budget=" + _size("meta_budget", meta_budget))
+    if metrics is not None:
+        if isinstance(metrics, bool) or not isinstance(metrics, (int, str)):
+            raise TypeError(f"metrics must be a port (int) or 'HOST:PORT' (str), not {metrics!r}")
+        flags.append(f"--metrics={metrics}")
     flags += _extra(extra_args)
 
     src = Path(os.path.abspath(_path(source)))

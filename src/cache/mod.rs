@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 use crate::buf::Buf;
 use crate::flight::SingleFlight;
 use crate::source::{FileVersion, Source};
-use crate::stats::Stats;
+use crate::stats::{Served, Stats};
 pub use key::{CachedFile, ChunkKey};
 use ram::RamTier;
 pub use readahead::Stream;
@@ -339,10 +339,14 @@ impl ChunkCache {
         purpose: Purpose,
     ) -> io::Result<Piece> {
         let count = purpose == Purpose::Read;
+        let started = std::time::Instant::now();
         let key = file.chunk(index);
         if let Some(c) = self.ram.get(&key) {
             if count {
                 self.stats.ram_hits.fetch_add(1, Relaxed);
+                self.stats
+                    .read_latency
+                    .observe(Served::Ram, started.elapsed());
             }
             return Ok(Piece::whole(c));
         }
@@ -359,6 +363,7 @@ impl ChunkCache {
         };
         let pin = self.pinned(file);
         let flight = (key, span.start, span.end);
+        let disk_hits = self.stats.disk_hits.load(Relaxed);
         let result = self.flights.run(
             &flight,
             || {
@@ -379,6 +384,16 @@ impl ChunkCache {
                 }
             },
         );
+        if count && matches!(result, Some((Ok(_), _))) {
+            // Served by the SSD tier if its hits moved meanwhile (approximate under
+            // concurrency, exact for the common case), else by the source.
+            let by = if self.stats.disk_hits.load(Relaxed) > disk_hits {
+                Served::Disk
+            } else {
+                Served::Source
+            };
+            self.stats.read_latency.observe(by, started.elapsed());
+        }
         match result {
             Some((Ok(p), _)) if p.covers(&want) => Ok(p),
             // Another reader's flight did not cover this read: fetch what this one needs.

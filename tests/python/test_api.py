@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -301,6 +302,9 @@ def test_keywords_map_to_cli_flags(tmp_path: Path, recording_binary) -> None:
         overflow=0.1,
         prefetch=True,
         prefetch_threads=3,
+        revalidate_rate=50,
+        meta_budget="64MiB",
+        metrics=9464,
         extra_args=["--disks", "2"],
     )
     m.warm(progress=False)
@@ -333,6 +337,9 @@ def test_keywords_map_to_cli_flags(tmp_path: Path, recording_binary) -> None:
             "--shard-strict",
             "--prefetch=on",
             "--prefetch-threads=3",
+            "--revalidate-rate=50",
+            "--meta-budget=64MiB",
+            "--metrics=9464",
             "--disks",
             "2",
             "--",
@@ -488,6 +495,19 @@ def test_warm_prefetches_the_shard_and_then_reads_touch_no_source(
         assert read_all(m.path, shard) == {p: dataset.files[p] for p in shard}
         assert m.stats()["source"]["bytes"] == fetched, "warm left part of the shard uncached"
         m.warm(progress=True)  # already warm: returns at once (stderr is not a terminal)
+
+
+def test_control_files_copy_whole_with_shutil(dataset: Dataset, tmp_path: Path, opts: dict) -> None:
+    # shutil.copy uses sendfile, which stops at the file's size: the control files must
+    # report their documents' true length, not 0 as /proc does.
+    with bicache.mount(dataset.root, shard_index=1, shard_count=2, prefetch=False, **opts) as m:
+        shutil.copy(m.path / ".bicache" / "shard.txt", tmp_path / "shard.txt")
+        shutil.copy(m.path / ".bicache" / "stats.json", tmp_path / "stats.json")
+        shutil.copy(m.path / ".bicache" / "stats.txt", tmp_path / "stats.txt")
+        want = os.fsencode("".join(p + "\n" for p in m.shard_files()))
+    assert (tmp_path / "shard.txt").read_bytes() == want and want
+    assert json.loads((tmp_path / "stats.json").read_text())["shard"]["index"] == 1
+    assert (tmp_path / "stats.txt").stat().st_size > 0
 
 
 def test_warm_without_prefetch_returns(dataset: Dataset, opts: dict) -> None:
