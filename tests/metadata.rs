@@ -60,14 +60,19 @@ fn a_metadata_budget_holds_while_walking_a_tree_larger_than_it() {
     // A walk with a stat of every entry, as a dataset indexer does; every stat right.
     for d in 0..20 {
         let dir = m.path(format!("c{d:03}"));
-        let mut names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         names.sort();
         assert_eq!(names.len(), 1000);
         for n in names {
             let got = fs::symlink_metadata(dir.join(&n)).unwrap();
             let want = fs::symlink_metadata(s.src.join(format!("c{d:03}")).join(&n)).unwrap();
-            assert_eq!((got.len(), got.mtime(), got.mtime_nsec(), got.mode()),
-                       (want.len(), want.mtime(), want.mtime_nsec(), want.mode()));
+            assert_eq!(
+                (got.len(), got.mtime(), got.mtime_nsec(), got.mode()),
+                (want.len(), want.mtime(), want.mtime_nsec(), want.mode())
+            );
         }
         peak = peak.max(meta(&m).1);
     }
@@ -78,9 +83,15 @@ fn a_metadata_budget_holds_while_walking_a_tree_larger_than_it() {
     assert!(held, "metadata over budget after the walk: {}", m.stats());
     // Every stat still right after the drops (re-fetched as needed).
     for rel in files.iter().step_by(97) {
-        assert_eq!(fs::read(m.path(rel)).unwrap(), fs::read(s.src.join(rel)).unwrap());
+        assert_eq!(
+            fs::read(m.path(rel)).unwrap(),
+            fs::read(s.src.join(rel)).unwrap()
+        );
     }
-    assert!(peak < 20_000, "nothing was ever dropped ({peak} entries at most)");
+    assert!(
+        peak < 20_000,
+        "nothing was ever dropped ({peak} entries at most)"
+    );
 }
 
 fn live_bytes(m: &Mount) -> u64 {
@@ -99,7 +110,11 @@ fn forgotten_inodes_are_dropped_and_failed_lookups_leave_nothing() {
     for i in 0..2000 {
         assert!(fs::metadata(m.path(format!("c000/missing{i}"))).is_err());
     }
-    assert!(meta(&m).1 <= before + 2, "failed lookups left entries: {}", m.stats());
+    assert!(
+        meta(&m).1 <= before + 2,
+        "failed lookups left entries: {}",
+        m.stats()
+    );
     // Stat by path, no listing: each a lookup the kernel keeps.
     for rel in &files {
         fs::metadata(m.path(rel)).unwrap();
@@ -107,7 +122,11 @@ fn forgotten_inodes_are_dropped_and_failed_lookups_leave_nothing() {
     drop_caches();
     // The kernel forgot them; past the budget they go.
     let dropped = within(Duration::from_secs(5), || meta(&m).1 < 9000);
-    assert!(dropped, "forgotten inodes were kept past the budget: {}", m.stats());
+    assert!(
+        dropped,
+        "forgotten inodes were kept past the budget: {}",
+        m.stats()
+    );
 }
 
 #[test]
@@ -123,7 +142,10 @@ fn readdir_needs_no_stat_and_concurrent_listings_read_the_folder_once() {
     let n = fs::read_dir(m.path("c000")).unwrap().count();
     assert_eq!(n, 20_000);
     let ops = foreground_ops(&m) - before;
-    assert!(ops <= 3, "listing 20,000 entries cost {ops} source operations");
+    assert!(
+        ops <= 3,
+        "listing 20,000 entries cost {ops} source operations"
+    );
     // Eight readers list the other folder at once: one readdir at the source.
     let before = foreground_ops(&m);
     let dir = m.path("c001");
@@ -137,7 +159,10 @@ fn readdir_needs_no_stat_and_concurrent_listings_read_the_folder_once() {
         }
     });
     let ops = foreground_ops(&m) - before;
-    assert!(ops <= 3, "8 concurrent listings cost {ops} source operations");
+    assert!(
+        ops <= 3,
+        "8 concurrent listings cost {ops} source operations"
+    );
 }
 
 #[test]
@@ -147,7 +172,14 @@ fn past_the_ttl_no_request_waits_for_the_source_and_changes_are_still_seen() {
     }
     let s = Scratch::new();
     let files = tree(&s, 2, 300);
-    let m = s.mount(&["--metadata-ttl", "1", "--revalidate-rate", "2000", "--disk", "16MiB"]);
+    let m = s.mount(&[
+        "--metadata-ttl",
+        "1",
+        "--revalidate-rate",
+        "2000",
+        "--disk",
+        "16MiB",
+    ]);
     for rel in &files {
         fs::read(m.path(rel)).unwrap();
     }
@@ -160,7 +192,11 @@ fn past_the_ttl_no_request_waits_for_the_source_and_changes_are_still_seen() {
         fs::read(m.path(rel)).unwrap();
     }
     let ops = foreground_ops(&m) - before;
-    assert!(ops * 100 <= files.len() as u64, "{ops} foreground source operations for {} files", files.len());
+    assert!(
+        ops * 100 <= files.len() as u64,
+        "{ops} foreground source operations for {} files",
+        files.len()
+    );
     // A file replaced at the source is seen within the bound.
     fs::write(s.src.join("c000/new.tmp"), b"replaced").unwrap();
     fs::rename(s.src.join("c000/new.tmp"), s.src.join(&files[0])).unwrap();
@@ -168,6 +204,10 @@ fn past_the_ttl_no_request_waits_for_the_source_and_changes_are_still_seen() {
     let seen = within(Duration::from_secs(5), || {
         fs::read(m.path(&files[0])).unwrap() == b"replaced"
     });
-    assert!(seen, "a replaced file was not seen within the bound: {}", m.stats());
+    assert!(
+        seen,
+        "a replaced file was not seen within the bound: {}",
+        m.stats()
+    );
     assert!(stat(&m.stats(), "source.meta_ops_background") > 0);
 }

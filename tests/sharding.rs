@@ -235,7 +235,7 @@ fn zarr_array_through_four_restricted_mounts() {
         return;
     }
     let s = Scratch::new();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zarr_shards.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zarr_shards.py");
     let st = Command::new("python3")
         .arg(&script)
         .arg("create")
@@ -382,4 +382,23 @@ fn ranks_with_their_own_cache_dirs_walk_the_dataset_once() {
         }
     }
     assert_eq!(all.len(), files.len());
+}
+
+/// The recipes of docs/SHARDING.md (docs/recipes/) run as documented: plan + xargs,
+/// torchrun's and Slurm's variables, two "nodes" of two ranks, four zarr mounts.
+#[test]
+fn documented_recipes_run_and_shard_the_dataset() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/check_recipes.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("BICACHE", env!("CARGO_BIN_EXE_bicache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("all recipes ok"),
+        "bench/check_recipes.sh failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

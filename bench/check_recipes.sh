@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# Runs the runnable recipes of docs/SHARDING.md on this machine and checks what they did:
+# Runs the recipes of docs/SHARDING.md (docs/recipes/) that can run on one machine, against
+# a small generated tree, and checks what they did:
 #   - plan_xargs.sh, 3 workers: every file processed exactly once, hashes equal the source's;
 #   - `bicache plan --shard node` with torchrun's and Slurm's variables gives the same shard
 #     as the explicit flags, and the same list as a mount's .bicache/shard.txt;
 #   - torchrun_node.sh on two "nodes" at once (two mounts of one dataset on this machine,
 #     2 ranks each) with a stand-in for torchrun (torch is not needed) that starts the ranks
-#     with torchrun's variables, running torch_dataset.py: the ranks read disjoint parts of
-#     their node's shard, the shards cover the dataset, and the mounts are gone afterwards;
-#   - zarr_four_mounts.sh (skipped without numpy and zarr<3).
-# Needs root or /dev/fuse access, python3. Usage: scripts/examples/selftest.sh
-# BICACHE: the binary (default: target/release/bicache of this repository, built if missing).
+#     with torchrun's variables, running torch_dataset.py (through torch's DataLoader when
+#     torch is installed, plain Python otherwise): the ranks read disjoint parts of their
+#     node's shard, the shards cover the dataset, and the mounts are gone afterwards;
+#   - zarr_four_mounts.sh (with tests/fixtures/zarr_shards.py and zarr_shard_blocks.py);
+#     skipped without numpy and zarr<3, except under CI=true where that fails.
+# slurm_train.sbatch needs a Slurm cluster and is not run.
+# Needs /dev/fuse access (root, or a user allowed to mount FUSE), python3, sha256sum.
+# Prints "all recipes ok" and exits 0 when every check passed; nothing stays mounted.
+#
+#   bash bench/check_recipes.sh
+#   BICACHE=/path/to/bicache bash bench/check_recipes.sh     (a Rust test passes its
+#                                                             CARGO_BIN_EXE_bicache)
+# BICACHE: the binary; default $CARGO_TARGET_DIR/release/bicache (else target/release),
+# built with cargo if missing.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HERE=$REPO/docs/recipes
 if [ -z "${BICACHE:-}" ]; then
-    [ -x "$REPO/target/release/bicache" ] || (cd "$REPO" && cargo build --release --bin bicache)
-    BICACHE=$REPO/target/release/bicache
+    BICACHE=${CARGO_TARGET_DIR:-$REPO/target}/release/bicache
+    [ -x "$BICACHE" ] || (cd "$REPO" && cargo build --release --bin bicache)
 fi
+BICACHE=$(cd "$(dirname "$BICACHE")" && pwd)/$(basename "$BICACHE")
 export BICACHE
 WORK=$(mktemp -d /tmp/bicache-recipes.XXXXXX)
 cleanup() {
@@ -145,6 +156,9 @@ echo "ok: both launchers unmounted"
 step "zarr: four restricted mounts"
 if python3 -c 'import numpy, zarr; assert zarr.__version__.startswith("2")' 2>/dev/null; then
     "$HERE/zarr_four_mounts.sh"
+elif [ "${CI:-}" = true ]; then
+    echo "python3 lacks numpy and zarr<3, required under CI=true (pip install 'zarr<3' numpy)" >&2
+    exit 1
 else
     echo "SKIPPED: python3 lacks numpy and zarr<3"
 fi

@@ -5,7 +5,7 @@
 # Run it once on every node (by ssh, pdsh, your scheduler...), same SOURCE and SEED everywhere:
 #
 #   NNODES=4 NODE_RANK=<0..3> MASTER_ADDR=node0 NPROC_PER_NODE=8 \
-#       scripts/examples/torchrun_node.sh /shared/datasets/imagenet train.py --epochs 90
+#       docs/recipes/torchrun_node.sh /shared/datasets/imagenet train.py --epochs 90
 #
 # The training script finds the node's mount in $DATA_DIR and its shard in
 # $DATA_DIR/.bicache/shard.txt (see torch_dataset.py next to this file).

@@ -4,7 +4,7 @@
 # machines, or K Slurm tasks, or K array jobs) together process every file exactly once,
 # with no coordination: each computes the same partition from the same file list and seed.
 #
-#   scripts/examples/plan_xargs.sh SOURCE OUT_DIR I K
+#   docs/recipes/plan_xargs.sh SOURCE OUT_DIR I K
 #
 # Here the "processing" is a SHA-256 of every file, written to OUT_DIR/shard-I.sha256
 # (replace the sh -c body with your own tool: resize images, tokenize text...). 4 files at

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # zarr recipe of docs/SHARDING.md, on one machine: four restricted mounts of one dataset
 # (shards 0..3 of 4, as four nodes would have), then
-#   1. scripts/zarr_shards.py check: rank r reads rows r, r+4, ... through mount r; the rows
+#   1. tests/fixtures/zarr_shards.py check: rank r reads rows r, r+4, ... through mount r; the rows
 #      put together must equal the array read from the source (tests/sharding.rs runs the
 #      same check in CI). Correct on any mount, but most chunks it opens are other shards'.
 #   2. zarr_shard_blocks.py: rank r reads exactly the blocks of its mount's shard, each
 #      checked against the source; together the four ranks read every block once, and no
 #      mount opens a file outside its shard.
 #
-#   scripts/examples/zarr_four_mounts.sh [DATASET_DIR]
+#   docs/recipes/zarr_four_mounts.sh [DATASET_DIR]
 #
 # Without DATASET_DIR a small zarr v2 array is made (DATASET_DIR/array.zarr, 64 x 256
 # int32, chunks 4 x 64). Needs python3 with numpy and zarr<3, FUSE. BICACHE: the binary
@@ -28,7 +28,7 @@ trap cleanup EXIT
 SRC=${1:-$WORK/dataset}
 if [ ! -d "$SRC/array.zarr" ]; then
     mkdir -p "$SRC"
-    python3 "$HERE/../zarr_shards.py" create "$SRC/array.zarr"
+    python3 "$HERE/../../tests/fixtures/zarr_shards.py" create "$SRC/array.zarr"
 fi
 for i in 0 1 2 3; do
     mkdir -p "$WORK/mnt$i"
@@ -43,7 +43,7 @@ for i in 0 1 2 3; do
     echo "mount $i: $(ls "$WORK/mnt$i/array.zarr" | wc -l) chunk files listed," \
         "$(wc -l <"$WORK/mnt$i/.bicache/shard.txt") in its shard"
 done
-python3 "$HERE/../zarr_shards.py" check "$SRC/array.zarr" \
+python3 "$HERE/../../tests/fixtures/zarr_shards.py" check "$SRC/array.zarr" \
     "$WORK/mnt0/array.zarr" "$WORK/mnt1/array.zarr" "$WORK/mnt2/array.zarr" "$WORK/mnt3/array.zarr"
 for i in 0 1 2 3; do
     "$BICACHE" stats "$WORK/mnt$i" | sed -n "s/^shard/mount $i: shard/p"

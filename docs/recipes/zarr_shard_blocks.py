@@ -12,7 +12,7 @@ the slice it covers. With --check, each block is compared with the same slice of
 SOURCE_ARRAY read directly. Prints the number of blocks read and the mount's out-of-shard
 opens during the run (0: every chunk came from this mount's shard).
 
-scripts/zarr_shards.py (run by the test suite) reads rows instead: row r by rank r mod k.
+tests/fixtures/zarr_shards.py (run by the test suite) reads rows instead: row r by rank r mod k.
 That is correct on any mount, since a chunk of another shard is still served when opened
 by path, but a row's chunks mostly belong to other shards (and are not cached there).
 """
