@@ -22,12 +22,11 @@ pub enum Command {
     Mount(Box<MountArgs>),
     /// Unmount a bicache mount (fusermount3 -u works too).
     Unmount { mountpoint: PathBuf },
-    /// Print the live counters of a running mount.
+    /// Print the live counters of a running mount, once or (--watch) as a live view.
     Stats {
         mountpoint: PathBuf,
-        /// Print the raw JSON document.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: StatsArgs,
     },
     /// Print this shard's relative paths, one a line (no mount needed).
     Plan(PlanArgs),
@@ -38,6 +37,23 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
+}
+
+/// Options of `bicache stats`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StatsArgs {
+    /// Print the raw JSON document (with --watch: one document a line, every interval).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep watching: redraw a live view (rates between samples, hit rates, prefetch
+    /// progress, errors) every --interval; one line per sample when stdout is not a
+    /// terminal. Ctrl-C ends it (exit 0); exits non-zero when the mount goes away.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: seconds between samples, 0.1 to 3600 (fractions allowed).
+    /// [default: 1]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    pub interval: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,10 +1,17 @@
-//! Commands that talk to a live mount: `unmount`, `stats` and `warm`.
+//! Commands that talk to a live mount: `unmount`, `stats` (once; `--watch` is in
+//! watch.rs) and `warm`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::CONTROL_DIR;
+use crate::cli::StatsArgs;
 use crate::stats::Snapshot;
+
+/// How long `unmount` keeps trying while the mount is busy: a reader that has a file open
+/// for a moment (`bicache stats --watch` reading stats.json, a walker passing through)
+/// should not make an unmount fail.
+const BUSY_GRACE: Duration = Duration::from_secs(2);
 
 /// Unmounts a bicache mount and waits for its daemon to flush and exit, so the cache dir
 /// is free for the next mount as soon as this returns.
@@ -16,24 +23,14 @@ pub fn unmount(mountpoint: &Path) -> Result<(), String> {
         return Err(format!("{} is not a bicache mount", mountpoint.display()));
     }
     let pid = daemon_pid(&target);
-    if let Err(e) = nix::mount::umount2(&target, nix::mount::MntFlags::empty()) {
-        // Not root (or busy): let fusermount3 try, it knows the user's rights.
-        let out = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg(&target)
-            .output()
-            .map_err(|err| {
-                format!(
-                    "cannot unmount {}: {e}; fusermount3: {err}",
-                    target.display()
-                )
-            })?;
-        if !out.status.success() {
-            return Err(format!(
-                "cannot unmount {}: {}",
-                target.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+    let busy_until = Instant::now() + BUSY_GRACE;
+    loop {
+        match try_unmount(&target) {
+            Ok(()) => break,
+            Err((_, true)) if Instant::now() < busy_until => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((msg, _)) => return Err(msg),
         }
     }
     if let Some(pid) = pid {
@@ -52,6 +49,37 @@ pub fn unmount(mountpoint: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// One attempt at unmounting; the error says whether the mount was busy (worth a retry).
+fn try_unmount(target: &Path) -> Result<(), (String, bool)> {
+    let e = match nix::mount::umount2(target, nix::mount::MntFlags::empty()) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if e == nix::errno::Errno::EBUSY {
+        return Err((format!("cannot unmount {}: {e}", target.display()), true));
+    }
+    // Not root: let fusermount3 try, it knows the user's rights.
+    let out = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(target)
+        .output()
+        .map_err(|err| {
+            (
+                format!(
+                    "cannot unmount {}: {e}; fusermount3: {err}",
+                    target.display()
+                ),
+                false,
+            )
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let busy = why.contains("busy");
+    Err((format!("cannot unmount {}: {why}", target.display()), busy))
+}
+
 fn daemon_pid(mountpoint: &Path) -> Option<u32> {
     snapshot(mountpoint).ok().map(|s| s.pid)
 }
@@ -61,17 +89,40 @@ pub fn is_bicache_mount(path: &Path) -> bool {
     crate::mountinfo::bicache_mount_at(path).is_some()
 }
 
-pub fn stats(mountpoint: &Path, json: bool) -> Result<String, String> {
+/// `bicache stats`: returns the document to print (text, or JSON with `--json`); with
+/// `--watch`, draws the live view until Ctrl-C (then `Ok`, nothing more to print) or
+/// until the mount goes away (`Err`).
+pub fn stats(mountpoint: &Path, args: StatsArgs) -> Result<String, String> {
+    if args.watch {
+        let interval = super::watch::parse_interval(args.interval.as_deref())?;
+        super::watch::watch(mountpoint, interval, args.json)?;
+        return Ok(String::new());
+    }
+    if args.interval.is_some() {
+        return Err("--interval needs --watch".to_string());
+    }
+    read_doc(mountpoint, args.json).map_err(|_| not_a_mount(mountpoint))
+}
+
+/// `MOUNTPOINT/.bicache/stats.json` (or `stats.txt`) as the daemon generates it.
+pub(super) fn read_doc(mountpoint: &Path, json: bool) -> std::io::Result<String> {
     let name = if json { "stats.json" } else { "stats.txt" };
     std::fs::read_to_string(mountpoint.join(CONTROL_DIR).join(name))
-        .map_err(|_| format!("{} is not a bicache mount", mountpoint.display()))
+}
+
+pub(super) fn not_a_mount(mountpoint: &Path) -> String {
+    format!("{} is not a bicache mount", mountpoint.display())
+}
+
+pub(super) fn parse_snapshot(mountpoint: &Path, text: &str) -> Result<Snapshot, String> {
+    serde_json::from_str(text)
+        .map_err(|e| format!("{}: unreadable stats ({e})", mountpoint.display()))
 }
 
 /// The live counters of a mount, parsed.
 pub fn snapshot(mountpoint: &Path) -> Result<Snapshot, String> {
-    let text = stats(mountpoint, true)?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{}: unreadable stats ({e})", mountpoint.display()))
+    let text = read_doc(mountpoint, true).map_err(|_| not_a_mount(mountpoint))?;
+    parse_snapshot(mountpoint, &text)
 }
 
 /// Waits until the mount's prefetch is done, drawing a progress bar unless `quiet`.

@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod plan;
+pub mod watch;
 
 use crate::cli::{Cli, Command};
 
@@ -19,8 +20,8 @@ pub fn run(cli: Cli) -> i32 {
             };
         }
         Command::Unmount { mountpoint } => (control::unmount(&mountpoint), 1),
-        Command::Stats { mountpoint, json } => (
-            control::stats(&mountpoint, json).map(|text| print!("{text}")),
+        Command::Stats { mountpoint, opts } => (
+            control::stats(&mountpoint, opts).map(|text| print!("{text}")),
             1,
         ),
         Command::Plan(args) => (plan::run(&args), 2),
