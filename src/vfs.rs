@@ -264,7 +264,7 @@ impl<B: Send + Sync + 'static> Vfs<B> {
     fn reply(&self, e: &Entry) -> Reply {
         Reply {
             attr: attr_of(e),
-            ttl: self.ns.kernel_ttl(),
+            ttl: self.ns.kernel_ttl(e),
         }
     }
 

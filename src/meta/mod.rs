@@ -74,6 +74,8 @@ pub struct Entry {
     pub ino: u64,
     pub kind: Kind,
     pub attr: Attr,
+    /// When the attributes were fetched (table time, 0 = unknown).
+    attr_at: u32,
 }
 
 /// One entry of a directory as readdir shows it.
@@ -184,13 +186,21 @@ impl Namespace {
         self.inner.hint.clone()
     }
 
-    /// The TTL to give the kernel for attributes and entries.
-    pub fn kernel_ttl(&self) -> Duration {
-        // "Forever" for the kernel: a year is far beyond any job and safe from overflow.
-        self.inner
-            .opts
-            .ttl
-            .unwrap_or(Duration::from_secs(365 * 24 * 3600))
+    /// How long the kernel may keep `e`'s attributes and entry: what is left of the TTL
+    /// since they were fetched, so the kernel never keeps them past it (a change is then
+    /// seen within the bound of revalidate.rs, not one TTL later still). A stale entry
+    /// served while being revalidated gets a second (at most the TTL).
+    pub fn kernel_ttl(&self, e: &Entry) -> Duration {
+        let Some(ttl) = self.inner.opts.ttl else {
+            // "Forever" for the kernel: a year is far beyond any job and safe from overflow.
+            return Duration::from_secs(365 * 24 * 3600);
+        };
+        let age = Duration::from_millis(self.inner.now().saturating_sub(e.attr_at) as u64 * 100);
+        let floor = ttl.min(Duration::from_secs(1));
+        if e.attr_at == 0 {
+            return floor;
+        }
+        ttl.saturating_sub(age).max(floor)
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Entry> {
@@ -353,6 +363,7 @@ impl Inner {
             ino: ino_of(idx),
             kind: n.kind,
             attr: n.attr,
+            attr_at: n.attr_at,
         })
     }
 }
