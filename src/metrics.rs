@@ -195,6 +195,14 @@ const FAMILIES: &[Family] = &[
         values: |s| vec![("", s.passthrough.opens)],
     },
     Family {
+        name: "passthrough_checks",
+        kind: COUNTER,
+        unit: None,
+        help: "Cache files hashed whole at a passthrough open (new to this check, or changed)",
+        label: None,
+        values: |s| vec![("", s.passthrough.checks)],
+    },
+    Family {
         name: "out_of_shard_opens",
         kind: COUNTER,
         unit: None,

@@ -25,7 +25,8 @@ pub struct Stats {
     pub disk_corrupt: AtomicU64,
     pub disk_writes: AtomicU64,
     pub disk_write_errors: AtomicU64,
-    /// Chunks not written to the SSD tier because the write-back queue was full.
+    /// Pieces not written to the SSD tier: no room (what is left is pinned or being
+    /// written), or the tier was shutting down.
     pub disk_writes_dropped: AtomicU64,
     pub disk_evictions: AtomicU64,
     pub disk_pinned_bytes: AtomicU64,
@@ -61,6 +62,9 @@ pub struct Stats {
     pub passthrough_enabled: AtomicU64,
     /// Opens served by FUSE passthrough (their reads never reach the daemon).
     pub passthrough_opens: AtomicU64,
+    /// Cache files hashed whole at a passthrough open: never checked since written, or
+    /// changed since last checked.
+    pub passthrough_checks: AtomicU64,
     /// Bytes and entries of the namespace's node table (inodes, names, listings).
     pub meta_bytes: AtomicU64,
     /// What the live entries take (what --meta-budget holds; meta_bytes is what is
@@ -257,6 +261,7 @@ impl Stats {
             passthrough: PassthroughCounts {
                 enabled: get(&self.passthrough_enabled) == 1,
                 opens: get(&self.passthrough_opens),
+                checks: get(&self.passthrough_checks),
             },
             meta: MetaCounts {
                 bytes: get(&self.meta_bytes),
@@ -347,6 +352,9 @@ pub struct ShardCounts {
 pub struct PassthroughCounts {
     pub enabled: bool,
     pub opens: u64,
+    /// Cache files hashed at open (see Stats::passthrough_checks).
+    #[serde(default)]
+    pub checks: u64,
 }
 
 /// Every counter at one moment, as `stats.json` shows it.
@@ -470,13 +478,14 @@ impl Snapshot {
         line(
             "passthrough",
             format!(
-                "{}, {} opens",
+                "{}, {} opens, {} cache files checked at open",
                 if self.passthrough.enabled {
                     "on"
                 } else {
                     "off"
                 },
-                self.passthrough.opens
+                self.passthrough.opens,
+                self.passthrough.checks
             ),
         );
         out

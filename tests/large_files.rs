@@ -194,7 +194,14 @@ fn a_kill_while_large_files_fill_leaves_only_verified_bytes() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(150));
+    // Killed once some pieces are recorded (durable), while the files are still filling.
+    let recorded = |p: &std::path::PathBuf| {
+        p.to_string_lossy().ends_with(".idx") && fs::metadata(p).is_ok_and(|m| m.len() > 48)
+    };
+    let start = std::time::Instant::now();
+    while !cache_files(&s.cache).iter().any(recorded) && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     unsafe { libc::kill(m.pid, libc::SIGKILL) };
     for r in readers {
         let _ = r.join();

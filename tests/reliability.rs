@@ -159,11 +159,18 @@ fn unknown_format_version_is_cleared_not_misread() {
         read_all(&m.mountpoint, &files);
     }
     fs::write(s.cache.join("FORMAT"), "bicache-cache 999\n").unwrap();
-    // What format 1 and 2 cache dirs left behind: freed, never read.
+    // What format 1 and 2 cache dirs left behind (a 32-hex-digit key first in every
+    // format): freed, never read. A file bicache never names stays, and so does its folder.
+    let key = "0123456789abcdef0123456789abcdef";
     fs::create_dir_all(s.cache.join("chunks-v1/00")).unwrap();
-    fs::write(s.cache.join("chunks-v1/00/old"), b"header+data").unwrap();
+    fs::write(
+        s.cache.join(format!("chunks-v1/00/{key}-0")),
+        b"header+data",
+    )
+    .unwrap();
     fs::create_dir_all(s.cache.join("chunks-v2/ab")).unwrap();
-    fs::write(s.cache.join("chunks-v2/ab/old"), b"data").unwrap();
+    fs::write(s.cache.join(format!("chunks-v2/ab/{key}-1-2")), b"data").unwrap();
+    fs::write(s.cache.join("chunks-v2/ab/notes.txt"), b"a user's file").unwrap();
     let mut m = s.mount(&args);
     read_all(&m.mountpoint, &files);
     let st = m.stats();
@@ -176,9 +183,17 @@ fn unknown_format_version_is_cleared_not_misread() {
         fs::read_to_string(s.cache.join("FORMAT")).unwrap(),
         "bicache-cache 3\n"
     );
-    for old in ["chunks-v1", "chunks-v2"] {
-        assert!(!s.cache.join(old).exists(), "{old} must be removed");
-    }
+    assert!(
+        !s.cache.join("chunks-v1").exists(),
+        "chunks-v1 must be removed"
+    );
+    assert!(!s.cache.join(format!("chunks-v2/ab/{key}-1-2")).exists());
+    assert_eq!(
+        fs::read(s.cache.join("chunks-v2/ab/notes.txt")).unwrap(),
+        b"a user's file",
+        "a file bicache did not name was changed or deleted"
+    );
+    fs::remove_dir_all(s.cache.join("chunks-v2")).unwrap();
     assert!(
         m.log_tail().contains("bicache-cache 999"),
         "{}",
@@ -192,7 +207,7 @@ fn unknown_format_version_is_cleared_not_misread() {
     assert!(!s.cache.join("chunks-v2").exists());
     assert!(
         m.log_tail()
-            .contains("had format 'bicache-cache 2': cleared"),
+            .contains("had format 'bicache-cache 2': its cache files cleared"),
         "{}",
         m.log_tail()
     );
@@ -718,6 +733,8 @@ fn cache_dir_and_files_are_private() {
     {
         let m = s.mount(&["--chunk-size", "64KiB", "--disk", "16MiB"]);
         assert_bytes_eq(&fs::read(m.path("a.bin")).unwrap(), &data, "a.bin");
+        // The --log-file the daemon created (it names source paths) is the user's alone.
+        assert_eq!(mode_of(&m.log_file) & 0o777, 0o600);
     }
     assert_eq!(mode_of(&s.cache) & 0o777, 0o700);
     let chunks = chunk_files(&s.cache);

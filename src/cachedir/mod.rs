@@ -230,37 +230,6 @@ impl PrivateDir {
         }
         Ok(out)
     }
-
-    /// Removes a subdirectory bicache made, and everything in it (all of it bicache's: it
-    /// is inside a private dir). Symlinks inside are removed, never followed.
-    pub fn remove_tree(&self, name: &str) -> io::Result<()> {
-        let sub = match open_dir_nofollow(self.fd.as_fd(), Path::new(name)) {
-            Ok(fd) => PrivateDir {
-                path: self.path.join(name),
-                fd,
-            },
-            Err(Errno::ENOENT) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        for n in sub.names()? {
-            match nix::unistd::unlinkat(
-                sub.fd(),
-                n.as_os_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            ) {
-                Ok(()) => {}
-                Err(Errno::EISDIR) | Err(Errno::EPERM) => {
-                    sub.remove_tree(&n.to_string_lossy())?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(nix::unistd::unlinkat(
-            self.fd.as_fd(),
-            name,
-            nix::unistd::UnlinkatFlags::RemoveDir,
-        )?)
-    }
 }
 
 /// Opens a directory, refusing a symlink as the last component.
@@ -534,15 +503,5 @@ mod tests {
         let e = c.lock().unwrap_err();
         assert!(e.contains("in use by another bicache daemon"), "{e}");
         drop(l);
-        let sub = c.subdir("s").unwrap();
-        sub.write_atomic("f", b"1").unwrap();
-        sub.subdir("deeper")
-            .unwrap()
-            .write_atomic("g", b"2")
-            .unwrap();
-        symlink(&victim, sub.path().join("l")).unwrap();
-        c.remove_tree("s").unwrap();
-        assert!(!c.path().join("s").exists());
-        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 }

@@ -8,7 +8,7 @@
 
 use hashbrown::HashTable;
 
-use super::layout::Record;
+use super::layout::{Recency, Record};
 
 /// Never evicted by the sweep.
 pub const PINNED: u8 = 1;
@@ -41,16 +41,42 @@ pub enum Shape {
 pub struct Entry {
     pub key: u128,
     pub shape: Shape,
-    /// Bytes charged to the budget (what the files take on disk).
-    pub charged: u64,
+    /// Pages (4 KiB) charged to the budget: what the files take on disk.
+    charged_pages: u32,
     /// Minutes since the Unix epoch (persisted, for eviction order across remounts).
     pub last_use: u32,
+    /// Fingerprint of the cache file (device, inode, ctime) when its bytes were last
+    /// known good (written or verified); 0: unknown. Persisted: a cache file that has not
+    /// changed since needs no re-hash at open.
+    pub stamp: u32,
     pub flags: u8,
 }
 
 impl Entry {
+    pub fn new(key: u128, shape: Shape, charged: u64) -> Entry {
+        let mut e = Entry {
+            key,
+            shape,
+            charged_pages: 0,
+            last_use: 0,
+            stamp: 0,
+            flags: 0,
+        };
+        e.set_charged(charged);
+        e
+    }
+
     pub fn pinned(&self) -> bool {
         self.flags & PINNED != 0
+    }
+
+    /// Bytes charged to the budget.
+    pub fn charged(&self) -> u64 {
+        self.charged_pages as u64 * 4096
+    }
+
+    pub fn set_charged(&mut self, bytes: u64) {
+        self.charged_pages = bytes.div_ceil(4096).min(u32::MAX as u64) as u32;
     }
 }
 
@@ -235,9 +261,9 @@ impl Index {
             return false;
         };
         let e = self.slab[i as usize].as_mut().expect("indexed");
-        let (before, was_pinned) = (e.charged, e.pinned());
+        let (before, was_pinned) = (e.charged(), e.pinned());
         f(e);
-        let (after, pinned) = (e.charged, e.pinned());
+        let (after, pinned) = (e.charged(), e.pinned());
         self.used = self.used - before + after;
         if was_pinned {
             self.pinned -= before;
@@ -253,12 +279,12 @@ impl Index {
     pub fn insert(&mut self, mut e: Entry, pin: bool) {
         self.remove(e.key);
         e.flags &= !PINNED;
-        if pin && self.pinned + e.charged <= self.pinned_capacity {
+        if pin && self.pinned + e.charged() <= self.pinned_capacity {
             e.flags |= PINNED;
-            self.pinned += e.charged;
+            self.pinned += e.charged();
         }
         e.flags |= REFERENCED;
-        self.used += e.charged;
+        self.used += e.charged();
         let key = e.key;
         let i = match self.free.pop() {
             Some(i) => {
@@ -283,9 +309,9 @@ impl Index {
         }
         let e = self.slab[i as usize].take()?;
         self.free.push(i);
-        self.used -= e.charged;
+        self.used -= e.charged();
         if e.pinned() {
-            self.pinned -= e.charged;
+            self.pinned -= e.charged();
         }
         Some(e)
     }
@@ -356,9 +382,9 @@ impl Index {
             e.flags &= !PINNED;
         }
         for e in self.slab.iter_mut().flatten() {
-            if should_pin(e.key) && self.pinned + e.charged <= self.pinned_capacity {
+            if should_pin(e.key) && self.pinned + e.charged() <= self.pinned_capacity {
                 e.flags |= PINNED;
-                self.pinned += e.charged;
+                self.pinned += e.charged();
             }
         }
         self.pinned
@@ -368,28 +394,35 @@ impl Index {
     pub fn pin(&mut self, key: u128) {
         let room = self.pinned_room();
         self.update(key, |e| {
-            if !e.pinned() && e.charged <= room {
+            if !e.pinned() && e.charged() <= room {
                 e.flags |= PINNED;
             }
         });
     }
 
-    /// (key, last use) of every entry, for the recency file.
-    pub fn recency(&self) -> Vec<(u128, u32)> {
+    /// What the recency file keeps of every entry.
+    pub fn recency(&self) -> Vec<Recency> {
         self.slab
             .iter()
             .flatten()
-            .map(|e| (e.key, e.last_use))
+            .map(|e| Recency {
+                key: e.key,
+                last_use: e.last_use,
+                stamp: e.stamp,
+            })
             .collect()
     }
 
-    /// Sets last-use times read back at mount.
-    pub fn set_recency(&mut self, key: u128, last_use: u32) {
-        if let Some(i) = self.slot_of(key)
+    /// Sets what the recency file kept (read back at mount); false if not indexed.
+    pub fn set_recency(&mut self, r: &Recency) -> bool {
+        if let Some(i) = self.slot_of(r.key)
             && let Some(e) = self.slab[i as usize].as_mut()
         {
-            e.last_use = last_use;
+            e.last_use = r.last_use;
+            e.stamp = r.stamp;
+            return true;
         }
+        false
     }
 }
 
@@ -398,13 +431,13 @@ mod tests {
     use super::*;
 
     fn small(key: u128, len: u32) -> Entry {
-        Entry {
-            key,
-            shape: Shape::Small { len, sum: 0 },
-            charged: on_disk(len as u64),
-            last_use: 0,
-            flags: 0,
-        }
+        Entry::new(key, Shape::Small { len, sum: 0 }, on_disk(len as u64))
+    }
+
+    #[test]
+    fn an_entry_takes_48_bytes() {
+        // 1.28 M of them are resident: a field more must fit in the padding.
+        assert_eq!(std::mem::size_of::<Option<Entry>>(), 48);
     }
 
     #[test]

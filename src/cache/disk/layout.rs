@@ -173,40 +173,58 @@ pub fn decode_records(body: &[u8]) -> (Vec<Record>, usize) {
     (out, at)
 }
 
-const RECENCY_MAGIC: &[u8; 16] = b"bicache-recency3";
+const RECENCY_MAGIC: &[u8; 16] = b"bicache-recency4";
+/// The previous recency format (no stamps): still read, its files then re-checked once.
+const RECENCY3_MAGIC: &[u8; 16] = b"bicache-recency3";
 
-/// (key, last use in minutes since the Unix epoch) of every cached file.
-pub fn encode_recency(entries: &[(u128, u32)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + entries.len() * 20);
+/// What the recency file keeps of a cached file between mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recency {
+    pub key: u128,
+    /// Last use, in minutes since the Unix epoch (eviction order).
+    pub last_use: u32,
+    /// Fingerprint of the cache file when last known good (0: unknown).
+    pub stamp: u32,
+}
+
+/// magic (16) | count (8, LE) | count x (key 16 | last use 4 | stamp 4) | xxh3-64 of all
+/// before it (8).
+pub fn encode_recency(entries: &[Recency]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + entries.len() * 24);
     out.extend_from_slice(RECENCY_MAGIC);
     out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for (k, t) in entries {
-        out.extend_from_slice(&k.to_le_bytes());
-        out.extend_from_slice(&t.to_le_bytes());
+    for r in entries {
+        out.extend_from_slice(&r.key.to_le_bytes());
+        out.extend_from_slice(&r.last_use.to_le_bytes());
+        out.extend_from_slice(&r.stamp.to_le_bytes());
     }
     let sum = xxh3_64(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     out
 }
 
-pub fn decode_recency(b: &[u8]) -> Option<Vec<(u128, u32)>> {
+pub fn decode_recency(b: &[u8]) -> Option<Vec<Recency>> {
     let (body, sum) = b.split_at(b.len().checked_sub(8)?);
-    if u64::from_le_bytes(sum.try_into().ok()?) != xxh3_64(body) || body.get(..16)? != RECENCY_MAGIC
-    {
+    if u64::from_le_bytes(sum.try_into().ok()?) != xxh3_64(body) {
         return None;
     }
+    let width = match body.get(..16)? {
+        m if m == RECENCY_MAGIC => 24,
+        m if m == RECENCY3_MAGIC => 20,
+        _ => return None,
+    };
     let n = u64::from_le_bytes(body.get(16..24)?.try_into().ok()?) as usize;
     let rest = &body[24..];
-    if rest.len() != n.checked_mul(20)? {
+    if rest.len() != n.checked_mul(width)? {
         return None;
     }
+    let u32_at = |c: &[u8], at: usize| u32::from_le_bytes(c[at..at + 4].try_into().expect("4"));
     Some(
-        rest.chunks_exact(20)
-            .map(|c| {
-                (
-                    u128::from_le_bytes(c[..16].try_into().expect("16 bytes")),
-                    u32::from_le_bytes(c[16..].try_into().expect("4 bytes")),
-                )
+        rest.chunks_exact(width)
+            .map(|c| Recency {
+                key: u128::from_le_bytes(c[..16].try_into().expect("16 bytes")),
+                last_use: u32_at(c, 16),
+                stamp: if width == 24 { u32_at(c, 20) } else { 0 },
             })
             .collect(),
     )
@@ -332,7 +350,18 @@ mod tests {
 
     #[test]
     fn recency_round_trips_and_rejects_damage() {
-        let e = vec![(KEY, 7u32), (u128::MAX, u32::MAX)];
+        let e = vec![
+            Recency {
+                key: KEY,
+                last_use: 7,
+                stamp: 9,
+            },
+            Recency {
+                key: u128::MAX,
+                last_use: u32::MAX,
+                stamp: u32::MAX,
+            },
+        ];
         let b = encode_recency(&e);
         assert_eq!(decode_recency(&b), Some(e));
         for i in 0..b.len() {
@@ -341,5 +370,38 @@ mod tests {
             assert_eq!(decode_recency(&d), None, "byte {i}");
         }
         assert_eq!(decode_recency(&b[..b.len() - 1]), None);
+    }
+
+    #[test]
+    fn golden_recency_bytes() {
+        // Pinned: a change to the recency format needs a new magic (and this test).
+        let b = encode_recency(&[Recency {
+            key: KEY,
+            last_use: 0x0102_0304,
+            stamp: 0x0a0b_0c0d,
+        }]);
+        let mut want = b"bicache-recency4".to_vec();
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(&KEY.to_le_bytes());
+        want.extend_from_slice(&[4, 3, 2, 1, 0x0d, 0x0c, 0x0b, 0x0a]);
+        let sum = xxh3_64(&want);
+        want.extend_from_slice(&sum.to_le_bytes());
+        assert_eq!(b, want);
+        // Format 3's recency (no stamps) is still read.
+        let mut old = b"bicache-recency3".to_vec();
+        old.extend_from_slice(&1u64.to_le_bytes());
+        old.extend_from_slice(&KEY.to_le_bytes());
+        old.extend_from_slice(&7u32.to_le_bytes());
+        let sum = xxh3_64(&old);
+        old.extend_from_slice(&sum.to_le_bytes());
+        let r = decode_recency(&old).unwrap();
+        assert_eq!(
+            r,
+            [Recency {
+                key: KEY,
+                last_use: 7,
+                stamp: 0
+            }]
+        );
     }
 }

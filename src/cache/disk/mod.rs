@@ -46,25 +46,18 @@ pub const WRITE_QUEUE: usize = 32;
 /// Large files kept open for writing between chunks (the writer fills few at a time).
 const OPEN_WRITERS: usize = 64;
 
-/// Identifies one state of one file: any write to it changes the ctime, and a replaced
-/// file has another inode. A backing file checked in this state needs no new check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    ctime: i64,
-    ctime_nsec: i64,
-}
-
-impl FileStamp {
-    fn of(m: &std::fs::Metadata) -> FileStamp {
-        FileStamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            ctime: m.ctime(),
-            ctime_nsec: m.ctime_nsec(),
-        }
-    }
+/// Fingerprint of one state of one file: any write to it changes the ctime, and a
+/// replaced file has another inode. A cache file in the state it was written or checked in
+/// needs no new check. Never 0 (0 is "unknown"); 32 bits, as it is kept in every index
+/// entry: a change that kept the fingerprint would need a ctime chosen to collide, which
+/// only root (setting the clock) could try.
+fn stamp_of(m: &std::fs::Metadata) -> u32 {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&m.dev().to_le_bytes());
+    b[8..16].copy_from_slice(&m.ino().to_le_bytes());
+    b[16..24].copy_from_slice(&m.ctime().to_le_bytes());
+    b[24..].copy_from_slice(&m.ctime_nsec().to_le_bytes());
+    (xxh3_64(&b) as u32).max(1)
 }
 
 /// The open files of a large file being filled: its data and its index.
@@ -98,7 +91,6 @@ pub struct Inner {
     chunk_size: u64,
     unit: u64,
     index: Mutex<Index>,
-    stamps: Mutex<HashMap<u128, FileStamp>>,
     writers: Mutex<LruCache<u128, Arc<LargeFiles>>>,
     stats: Arc<Stats>,
     tmp_seq: AtomicU64,
@@ -363,7 +355,6 @@ impl Inner {
             self.publish(&ix);
             e
         };
-        self.stamps.lock().remove(&key);
         self.writers.lock().pop(&key);
         if let Some(e) = removed {
             self.unlink(&e);
@@ -508,9 +499,14 @@ impl Inner {
     }
 
     /// A complete file for the kernel to read directly, hashed whole unless this very
-    /// file (inode, ctime) was checked before.
+    /// file (device, inode, ctime) was written or checked before, in this mount or an
+    /// earlier one.
     fn backing_file(&self, file: &CachedFile) -> Option<BackingFile> {
-        let shape = self.index.lock().touch(file.key).map(|e| e.shape.clone())?;
+        let (shape, known) = self
+            .index
+            .lock()
+            .touch(file.key)
+            .map(|e| (e.shape.clone(), e.stamp))?;
         let (rel, records) = match &shape {
             Shape::Small { len, sum } if *len as u64 == file.size() => {
                 (small_path(file.key, *len, *sum), None)
@@ -532,13 +528,14 @@ impl Inner {
                 return None;
             }
         };
-        let stamp = FileStamp::of(&meta);
-        if self.stamps.lock().get(&file.key) == Some(&stamp) {
+        let stamp = stamp_of(&meta);
+        if known == stamp {
             return Some(BackingFile {
                 file: f,
                 verified_bytes: None,
             });
         }
+        self.stats.passthrough_checks.fetch_add(1, Relaxed);
         let verified_bytes = match (&shape, records) {
             (Shape::Small { len, sum }, _) => Some(self.read_small(file.key, &f, *len, *sum)?),
             (_, Some(records)) => {
@@ -547,7 +544,7 @@ impl Inner {
             }
             _ => return None,
         };
-        self.stamps.lock().insert(file.key, stamp);
+        self.index.lock().update(file.key, |e| e.stamp = stamp);
         Some(BackingFile {
             file: f,
             verified_bytes,
@@ -576,23 +573,21 @@ impl Inner {
     fn write_batch(&self, jobs: Vec<Job>) {
         let mut pending = Vec::new();
         for job in jobs {
-            let result = if job.size <= self.chunk_size {
-                self.write_small(&job)
-            } else {
-                match self.write_large_data(&job) {
-                    Ok(Some((r, files))) => {
-                        pending.push((job, r, files));
-                        Ok(())
-                    }
-                    Ok(None) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            };
-            self.note(result);
+            if job.size <= self.chunk_size {
+                let result = self.write_small(&job);
+                self.note(result);
+                continue;
+            }
+            // A large file's piece counts once its record is written, below.
+            match self.write_large_data(&job) {
+                Ok(Some((r, files))) => pending.push((job, r, files)),
+                Ok(None) => {}
+                Err(e) => self.note(Err(e)),
+            }
         }
         let mut synced: Vec<u128> = Vec::new();
         for (job, r, files) in pending {
-            let result = (|| -> io::Result<()> {
+            let result = (|| -> io::Result<bool> {
                 if !synced.contains(&job.key) {
                     files.data.sync_data()?;
                     synced.push(job.key);
@@ -607,7 +602,8 @@ impl Inner {
                     if let Shape::Large(l) = &mut e.shape {
                         l.apply(r);
                         l.idx_len = at + layout::IDX_RECORD as u64;
-                        e.charged = l.data_bytes(unit, chunk_size) + on_disk(l.idx_len);
+                        let charged = l.data_bytes(unit, chunk_size) + on_disk(l.idx_len);
+                        e.set_charged(charged);
                     }
                 });
                 ix.reserved = ix.reserved.saturating_sub(pending_charge(job.data.len()));
@@ -621,16 +617,20 @@ impl Inner {
                     }
                     self.publish(&ix);
                 }
-                Ok(())
+                Ok(ok)
             })();
             self.note(result);
         }
     }
 
-    fn note(&self, result: io::Result<()>) {
+    /// Counts a write: Ok(true) written, Ok(false) nothing was (already there, or no
+    /// room: counted where refused), Err failed.
+    fn note(&self, result: io::Result<bool>) {
         match result {
-            Ok(()) => {
-                self.stats.disk_writes.fetch_add(1, Relaxed);
+            Ok(written) => {
+                if written {
+                    self.stats.disk_writes.fetch_add(1, Relaxed);
+                }
                 if self.failing.swap(false, Relaxed) {
                     info!("SSD tier writes succeed again");
                 }
@@ -666,10 +666,12 @@ impl Inner {
         };
         let (ok, victims) = match victims {
             Ok(v) => (true, v),
-            Err(v) => (false, v),
+            Err(v) => {
+                self.stats.disk_writes_dropped.fetch_add(1, Relaxed);
+                (false, v)
+            }
         };
         for v in &victims {
-            self.stamps.lock().remove(&v.key);
             self.writers.lock().pop(&v.key);
             self.unlink(v);
             self.stats.disk_evictions.fetch_add(1, Relaxed);
@@ -684,54 +686,50 @@ impl Inner {
     }
 
     /// A small file: written to tmp/ and renamed into place, so it is never seen partial.
-    fn write_small(&self, job: &Job) -> io::Result<()> {
+    /// True if written; false if there was nothing to write or no room.
+    fn write_small(&self, job: &Job) -> io::Result<bool> {
         if job.start != 0 || job.data.len() as u64 != job.size || job.size == 0 {
-            return Ok(());
+            return Ok(false);
         }
         if self.index.lock().contains(job.key) {
-            return Ok(());
+            return Ok(false);
         }
         let charge = on_disk(job.size);
         if !self.reserve(charge, job.key) {
-            return Ok(());
+            return Ok(false);
         }
         let len = job.size as u32;
         let sum = xxh3_64(&job.data);
         let tmp = format!("{}.tmp", self.tmp_seq.fetch_add(1, Relaxed));
         let dest = small_path(job.key, len, sum);
-        let result = (|| -> io::Result<()> {
+        let result = (|| -> io::Result<u32> {
             let f = self
                 .tmp
                 .open_file(&tmp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL)?;
             f.write_all_at(&job.data, 0)?;
-            drop(f);
             self.files.mkdir_all(&layout::bucket(job.key))?;
             let (bucket, name) = self
                 .files
                 .open_parent(&dest)?
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
             nix::fcntl::renameat(self.tmp.fd(), tmp.as_str(), &bucket, name)?;
-            Ok(())
+            // Stamped after the rename (which changes the ctime): these bytes are known
+            // good, so its first passthrough open needs no re-hash.
+            Ok(stamp_of(&f.metadata()?))
         })();
         if result.is_err() {
             let _ = self.tmp.remove_file(&tmp);
         }
         let mut ix = self.index.lock();
         ix.reserved = ix.reserved.saturating_sub(charge);
-        if result.is_ok() {
-            ix.insert(
-                Entry {
-                    key: job.key,
-                    shape: Shape::Small { len, sum },
-                    charged: charge,
-                    last_use: index::minutes_now(),
-                    flags: 0,
-                },
-                job.pin,
-            );
+        if let Ok(stamp) = result {
+            let mut e = Entry::new(job.key, Shape::Small { len, sum }, charge);
+            e.last_use = index::minutes_now();
+            e.stamp = stamp;
+            ix.insert(e, job.pin);
         }
         self.publish(&ix);
-        result
+        result.map(|_| true)
     }
 
     /// A piece of a large file written in place (not yet counted as present).
@@ -817,20 +815,17 @@ impl Inner {
             data.set_len(job.size)?;
             let mut ix = self.index.lock();
             if !ix.contains(job.key) {
-                ix.insert(
-                    Entry {
-                        key: job.key,
-                        shape: Shape::Large(Box::new(Large {
-                            size: job.size,
-                            idx_len: layout::IDX_HEADER as u64,
-                            ..Default::default()
-                        })),
-                        charged: 4096,
-                        last_use: index::minutes_now(),
-                        flags: 0,
-                    },
-                    false,
+                let mut e = Entry::new(
+                    job.key,
+                    Shape::Large(Box::new(Large {
+                        size: job.size,
+                        idx_len: layout::IDX_HEADER as u64,
+                        ..Default::default()
+                    })),
+                    4096,
                 );
+                e.last_use = index::minutes_now();
+                ix.insert(e, false);
                 ix.reserved = ix.reserved.saturating_sub(4096);
             }
         }

@@ -3,10 +3,8 @@
 //! or stat-ed), the recency of each file read back, the budget resolved, and what no
 //! longer fits evicted, oldest use first.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Instant;
@@ -34,7 +32,45 @@ fn is_hex2(n: &std::ffi::OsStr) -> bool {
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
 }
 
-/// Clears what an earlier format left (bicache's own folders only) and records format 3.
+/// A name bicache gives cache files in every format: a 32-hex-digit key first.
+fn named_like_ours(n: &std::ffi::OsStr) -> bool {
+    let b = n.as_encoded_bytes();
+    b.len() >= 32
+        && b[..32]
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+}
+
+/// Removes the cache files of folder `name` (in its two-hex-digit bucket folders, at any
+/// depth), and the folders left empty; anything else is not bicache's and stays.
+/// Returns how many entries were left.
+fn clear_ours(dir: &PrivateDir, name: &str) -> Result<u64, String> {
+    if !dir.exists(name) {
+        return Ok(0);
+    }
+    let sub = dir
+        .subdir(name)
+        .map_err(|e| format!("cannot clear {}/{name}: {e}", dir.path().display()))?;
+    let mut left = 0;
+    for n in sub.names().unwrap_or_default() {
+        if is_hex2(&n) {
+            // A bucket that is not a real folder of ours (a symlink, say) is left alone.
+            left += clear_ours(&sub, &n.to_string_lossy()).unwrap_or(1);
+        } else if named_like_ours(&n) || n.as_encoded_bytes().ends_with(b".tmp") {
+            sub.remove_file(&n)
+                .map_err(|e| format!("cannot clear {}: {e}", sub.path().join(&n).display()))?;
+        } else {
+            left += 1;
+        }
+    }
+    if left == 0 {
+        let _ = nix::unistd::unlinkat(dir.fd(), name, nix::unistd::UnlinkatFlags::RemoveDir);
+    }
+    Ok(left)
+}
+
+/// Clears what another format left (its cache files only: a name bicache never writes
+/// is not bicache's to delete) and records format 3.
 fn check_format(dir: &PrivateDir) -> Result<Option<String>, String> {
     let found = dir
         .read(layout::FORMAT_FILE)
@@ -44,20 +80,32 @@ fn check_format(dir: &PrivateDir) -> Result<Option<String>, String> {
         Some(f) if f == layout::FORMAT.as_bytes() => return Ok(None),
         Some(f) => {
             let f = String::from_utf8_lossy(f).trim().to_string();
-            note = Some(format!(
-                "cache dir {} had format '{f}': cleared (this bicache reads format 3)",
-                dir.path().display()
-            ));
             if f.starts_with("bicache-cache ") {
-                dir.remove_tree(layout::FILES_DIR)
-                    .map_err(|e| e.to_string())?;
+                let left = clear_ours(dir, layout::FILES_DIR)?;
+                note = Some(format!(
+                    "cache dir {} had format '{f}': its cache files cleared{} (this bicache \
+                     reads format 3)",
+                    dir.path().display(),
+                    if left > 0 {
+                        format!(", {left} entries bicache did not name left in files/")
+                    } else {
+                        String::new()
+                    }
+                ));
+            } else {
+                // Damaged: what is in files/ is still checked as format 3 (names carry
+                // checksums, indexes are checksummed), so nothing needs deleting.
+                note = Some(format!(
+                    "cache dir {}: FORMAT unreadable ('{f}'): rewritten; its files are checked \
+                     as format 3",
+                    dir.path().display()
+                ));
             }
         }
         None => {}
     }
     for old in layout::OLD_FORMAT_DIRS {
-        dir.remove_tree(old)
-            .map_err(|e| format!("cannot clear {}/{old}: {e}", dir.path().display()))?;
+        clear_ours(dir, old)?;
     }
     dir.write_atomic(layout::FORMAT_FILE, layout::FORMAT.as_bytes())
         .map_err(|e| format!("cannot write {}/FORMAT: {e}", dir.path().display()))?;
@@ -78,13 +126,11 @@ fn scan_bucket(dir: &PrivateDir, out: &mut Found) {
     let Ok(names) = dir.names() else { return };
     for n in names {
         match layout::parse_name(n.as_encoded_bytes()) {
-            Some(Name::Small { key, len, sum }) => out.small.push(Entry {
+            Some(Name::Small { key, len, sum }) => out.small.push(Entry::new(
                 key,
-                shape: Shape::Small { len, sum },
-                charged: on_disk(len as u64),
-                last_use: 0,
-                flags: 0,
-            }),
+                Shape::Small { len, sum },
+                on_disk(len as u64),
+            )),
             Some(Name::Data(k)) => out.data.push(k),
             Some(Name::Index(k)) => out.idx.push(k),
             // Not a name bicache writes: not bicache's to delete.
@@ -129,18 +175,47 @@ fn scan(files: &PrivateDir) -> Found {
     all
 }
 
-/// Reads a large file's `.idx`; None if it is not a valid index of that key (then both
-/// files go). A torn tail (a crash while appending) is cut off.
-fn load_large(files: &Beneath, key: u128) -> Option<Entry> {
-    let rel = Path::new("").join(super::index_path(key));
-    let fd = files
-        .open_at(&rel, OFlag::O_RDWR | OFlag::O_NONBLOCK)
-        .ok()?;
-    let mut f = File::from(fd);
+/// Most chunks a large file may have (16 TiB at 1 MiB chunks): a bound on the memory a
+/// damaged or forged `.idx` can make the index take.
+const MAX_CHUNKS: u64 = 1 << 24;
+
+/// Reads a large file's `.idx`; None if it is not a valid index of that key for this
+/// chunk size, or disagrees with its `.data` (then both files go). A torn tail (a crash
+/// while appending) is cut off. Nothing in the file is trusted to size an allocation.
+fn load_large(files: &Beneath, key: u128, chunk_size: u64) -> Option<Entry> {
+    let regular_len = |f: &File| {
+        f.metadata()
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .map(|m| m.len())
+    };
+    let data = File::from(
+        files
+            .open_at(&super::data_path(key), OFlag::O_RDONLY | OFlag::O_NONBLOCK)
+            .ok()?,
+    );
+    let data_len = regular_len(&data)?;
+    let mut f = File::from(
+        files
+            .open_at(&super::index_path(key), OFlag::O_RDWR | OFlag::O_NONBLOCK)
+            .ok()?,
+    );
+    let chunks = data_len.div_ceil(chunk_size);
+    let units = layout::units_per_chunk(chunk_size) as u64;
+    // Records are appended once per range written; a chunk is rewritten only after it
+    // was dropped, so a few per unit is already generous.
+    let max_idx = layout::IDX_HEADER as u64 + chunks * units * 4 * layout::IDX_RECORD as u64;
+    if chunks > MAX_CHUNKS || regular_len(&f)? > max_idx {
+        return None;
+    }
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).ok()?;
     let h = layout::decode_header(&bytes)?;
-    if h.key != key || h.unit == 0 || h.chunk_size == 0 {
+    if h.key != key
+        || h.size != data_len
+        || h.chunk_size as u64 != chunk_size
+        || h.unit as u64 != layout::unit(chunk_size)
+    {
         return None;
     }
     let (records, good) = layout::decode_records(&bytes[layout::IDX_HEADER..]);
@@ -153,20 +228,13 @@ fn load_large(files: &Beneath, key: u128) -> Option<Entry> {
         idx_len,
         ..Default::default()
     };
-    let chunks = h.size.div_ceil(h.chunk_size as u64);
     for r in records {
-        if (r.chunk as u64) < chunks && r.first as u32 + r.units as u32 <= 64 {
+        if (r.chunk as u64) < chunks && r.first as u64 + r.units as u64 <= units {
             l.apply(r);
         }
     }
-    let charged = l.data_bytes(h.unit as u64, h.chunk_size as u64) + on_disk(idx_len);
-    Some(Entry {
-        key,
-        shape: Shape::Large(Box::new(l)),
-        charged,
-        last_use: 0,
-        flags: 0,
-    })
+    let charged = l.data_bytes(h.unit as u64, chunk_size) + on_disk(idx_len);
+    Some(Entry::new(key, Shape::Large(Box::new(l)), charged))
 }
 
 /// Opens the tier's files and rebuilds its state; returns a one-line report for the log.
@@ -201,22 +269,28 @@ pub fn open(
     let data: std::collections::HashSet<u128> = found.data.iter().copied().collect();
     let idx: std::collections::HashSet<u128> = found.idx.iter().copied().collect();
     let mut dropped = 0u64;
+    let mut damaged = 0u64;
     for &k in data.union(&idx) {
-        match (data.contains(&k) && idx.contains(&k))
-            .then(|| load_large(&beneath, k))
-            .flatten()
-        {
+        let both = data.contains(&k) && idx.contains(&k);
+        match both.then(|| load_large(&beneath, k, chunk_size)).flatten() {
             Some(e) => entries.push(e),
             None => {
-                // One without the other, or an index that is not one: bicache's own
-                // leftovers, never served.
+                // One without the other is a write cut short (bicache's own leftover);
+                // both present but disagreeing is damage. Neither is ever served.
                 let _ = beneath.unlink(&super::index_path(k));
                 let _ = beneath.unlink(&super::data_path(k));
-                dropped += 1;
+                if both {
+                    damaged += 1;
+                } else {
+                    dropped += 1;
+                }
             }
         }
     }
-    let held: u64 = entries.iter().map(|e| e.charged).sum();
+    stats
+        .disk_corrupt
+        .fetch_add(damaged, std::sync::atomic::Ordering::Relaxed);
+    let held: u64 = entries.iter().map(|e| e.charged()).sum();
     let free = nix::sys::statvfs::fstatvfs(files.fd())
         .map(|s| s.blocks_available() * s.fragment_size())
         .unwrap_or(0);
@@ -235,10 +309,8 @@ pub fn open(
     if let Ok(Some(b)) = dir.read(layout::RECENCY_FILE)
         && let Some(r) = layout::decode_recency(&b)
     {
-        let by_key: HashMap<u128, u32> = r.into_iter().collect();
-        for (k, t) in by_key {
-            if index.contains(k) {
-                index.set_recency(k, t);
+        for rec in &r {
+            if index.set_recency(rec) {
                 recency_known += 1;
             }
         }
@@ -252,7 +324,6 @@ pub fn open(
         chunk_size,
         unit,
         index: Mutex::new(index),
-        stamps: Mutex::new(HashMap::new()),
         writers: Mutex::new(LruCache::new(OPEN_WRITERS.try_into().expect("non-zero"))),
         stats,
         tmp_seq: AtomicU64::new(0),
@@ -275,8 +346,8 @@ pub fn open(
     }
     let report = format!(
         "SSD tier ready in {} ms: {} files, {} held, budget {} ({}), {} evicted to fit \
-         (oldest use first; {} with a known last use), {} leftovers dropped, {} unknown files \
-         left alone",
+         (oldest use first; {} with a known last use), {} leftovers dropped, {} damaged dropped \
+         (counted as corrupt), {} unknown files left alone",
         started.elapsed().as_millis(),
         n_files - over.len(),
         human(inner.index.lock().used()),
@@ -288,7 +359,132 @@ pub fn open(
         over.len(),
         recency_known,
         dropped,
+        damaged,
         found.unknown
     );
     Ok((inner, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    #[test]
+    fn a_format_change_clears_cache_files_only() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = crate::cachedir::CacheDir::claim(&t.path().join("c")).unwrap();
+        let root = dir.path().to_path_buf();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let bucket = root.join("files/ab/cd");
+        std::fs::create_dir_all(&bucket).unwrap();
+        let ours = format!("{:032x}-10-{:016x}", 7u128, 9u64);
+        std::fs::write(bucket.join(&ours), b"x").unwrap();
+        std::fs::write(bucket.join(format!("{:032x}.data", 7u128)), b"x").unwrap();
+        std::fs::write(bucket.join("notes.txt"), b"the user's").unwrap();
+        symlink(&victim, bucket.join(format!("{:032x}.idx", 8u128))).unwrap();
+        symlink(t.path(), root.join("files/ef")).unwrap();
+        std::fs::write(root.join("FORMAT"), b"bicache-cache 9\n").unwrap();
+        let note = check_format(&dir).unwrap().unwrap();
+        assert!(
+            note.contains("format 'bicache-cache 9'") && note.contains("2 entries"),
+            "{note}"
+        );
+        let mut left: Vec<_> = std::fs::read_dir(&bucket)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.txt"]);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(
+            std::fs::symlink_metadata(root.join("files/ef"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert!(check_format(&dir).unwrap().is_none(), "format 3 now");
+    }
+    use crate::cache::disk::layout::{IdxHeader, Record, encode_header, encode_record};
+
+    const CHUNK: u64 = 1 << 20;
+
+    /// A `.data` of `data_len` bytes (sparse) and an `.idx` of `header` and `records`.
+    fn large(dir: &Path, key: u128, data_len: u64, header: IdxHeader, records: &[Record]) {
+        let b = dir.join(layout::bucket(key));
+        std::fs::create_dir_all(&b).unwrap();
+        File::create(b.join(layout::data_name(key)))
+            .unwrap()
+            .set_len(data_len)
+            .unwrap();
+        let mut idx = encode_header(&header).to_vec();
+        for r in records {
+            idx.extend_from_slice(&encode_record(r));
+        }
+        std::fs::write(b.join(layout::index_name(key)), idx).unwrap();
+    }
+
+    #[test]
+    fn an_idx_is_loaded_only_if_it_agrees_with_its_data_and_the_mount() {
+        let t = tempfile::tempdir().unwrap();
+        let files = Beneath::open(t.path()).unwrap();
+        let unit = layout::unit(CHUNK) as u32;
+        let header = |key, size, chunk_size| IdxHeader {
+            key,
+            size,
+            chunk_size,
+            unit,
+        };
+        let far = Record {
+            chunk: u32::MAX - 1,
+            first: 0,
+            units: 1,
+            sum: 0,
+        };
+        let first = Record { chunk: 0, ..far };
+        // Good: loaded, with its one record.
+        large(
+            t.path(),
+            1,
+            3 * CHUNK,
+            header(1, 3 * CHUNK, CHUNK as u32),
+            &[first],
+        );
+        let e = load_large(&files, 1, CHUNK).expect("a good index");
+        let Shape::Large(l) = e.shape else { panic!() };
+        assert_eq!((l.size, l.masks.len()), (3 * CHUNK, 1));
+        // A header claiming 2^62 bytes with a record near chunk 2^32 (would allocate
+        // 32 GiB of masks if trusted): the .data says otherwise.
+        large(
+            t.path(),
+            2,
+            3 * CHUNK,
+            header(2, 1 << 62, CHUNK as u32),
+            &[far],
+        );
+        assert!(load_large(&files, 2, CHUNK).is_none());
+        // Another chunk size than the mount's: not this mount's to read.
+        large(t.path(), 3, 3 * CHUNK, header(3, 3 * CHUNK, 4096), &[first]);
+        assert!(load_large(&files, 3, CHUNK).is_none());
+        // A record beyond the file's chunks is ignored, not allocated for.
+        large(
+            t.path(),
+            4,
+            3 * CHUNK,
+            header(4, 3 * CHUNK, CHUNK as u32),
+            &[far],
+        );
+        let Shape::Large(l) = load_large(&files, 4, CHUNK).unwrap().shape else {
+            panic!()
+        };
+        assert!(l.masks.is_empty());
+        // A .data of more chunks than an index may hold: refused before reading it.
+        let small_chunks = IdxHeader {
+            unit: layout::unit(4096) as u32,
+            ..header(5, (MAX_CHUNKS + 1) * 4096, 4096)
+        };
+        large(t.path(), 5, (MAX_CHUNKS + 1) * 4096, small_chunks, &[]);
+        assert!(load_large(&files, 5, 4096).is_none());
+    }
 }
