@@ -64,6 +64,19 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+/// Opens a `--log-file` for appending. A daemon often runs as root and a log often goes to a
+/// shared folder such as /tmp, so a symlink planted at that name is not followed, and a
+/// new log is private (0600).
+pub fn open_log_file(p: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+}
+
 fn fail<T>(msg: String) -> Result<T, ConfigError> {
     Err(ConfigError(msg))
 }
@@ -126,6 +139,10 @@ impl MountConfig {
             Some(a) => Some(crate::metrics::parse_addr(a).map_err(ConfigError)?),
             None => None,
         };
+        if let Some(p) = &args.log_file {
+            open_log_file(p)
+                .or_else(|e| fail(format!("--log-file: cannot open {}: {e}", p.display())))?;
+        }
         thread_count("--fuse-threads", args.fuse_threads, 256)?;
         thread_count("--fetch-threads", args.fetch_threads, 256)?;
         thread_count("--prefetch-threads", args.prefetch_threads, 64)?;

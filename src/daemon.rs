@@ -109,7 +109,7 @@ fn init_logging(cfg: &MountConfig, foreground: bool) {
         .unwrap_or_else(|_| EnvFilter::new("info,fuser::session=error"));
     // The default log is in the cache dir, opened through its descriptor (never a symlink).
     let file = match &cfg.log_file {
-        Some(p) => OpenOptions::new().create(true).append(true).open(p).ok(),
+        Some(p) => crate::config::open_log_file(p).ok(),
         None if !foreground => cfg
             .cache_dir
             .open_file(

@@ -324,3 +324,26 @@ fn unmount_of_a_foreign_mount_is_refused() {
         "bicache unmount removed a foreign (tmpfs) mount"
     );
 }
+
+/// A log file name in a shared folder (a daemon often runs as root) is not followed if a
+/// symlink was planted there: the file it points to is left unchanged.
+#[test]
+fn log_file_that_is_a_symlink() {
+    let c = case();
+    let victim = c.s.base.join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let link = c.s.base.join("bicache.log");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    expect_rejected(
+        &mount_args(
+            &c.s.src,
+            &c.mp,
+            &c.s.cache,
+            &["--log-file", link.to_str().unwrap()],
+        ),
+        &["--log-file", s(&link)],
+        &c.mp,
+        &c.s.base,
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+}
