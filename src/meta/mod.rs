@@ -17,6 +17,7 @@
 //! - What is known survives a remount (`persist.rs`), so a job's start does not re-stat
 //!   the dataset.
 
+mod attr;
 mod listing;
 mod lookup;
 mod persist;
