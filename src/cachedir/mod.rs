@@ -336,7 +336,15 @@ impl CacheDir {
                     Ok(Some(t)) if t.starts_with(b"bicache-cache ") => Claim::Legacy,
                     _ => {
                         let names = dir.names().map_err(|e| bad(e.to_string()))?;
-                        if !names.is_empty() {
+                        // Another bicache that just made the folder may be writing its
+                        // mark: that folder is still empty of anything but bicache's.
+                        let marker_tmp = format!(".{MARKER}.tmp-");
+                        let ours = |n: &std::ffi::OsString| {
+                            n.to_str()
+                                .and_then(|n| n.strip_prefix(&marker_tmp))
+                                .is_some_and(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+                        };
+                        if !names.iter().all(ours) {
                             return Ok(None);
                         }
                         Claim::Adopted

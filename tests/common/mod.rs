@@ -689,7 +689,15 @@ impl Mount {
             full.push(self.log_file.clone().into());
         }
         full.extend(self.args.iter().cloned());
-        let res = bicache(&full, Duration::from_secs(60));
+        let mut cmd = Command::new(BIN);
+        cmd.args(&full);
+        // What a mount shares with the user's other mounts on the node (the dataset lists,
+        // in the default location's folder) goes beside the test's cache dir, so it is
+        // removed with the test's scratch folder instead of piling up in /var/tmp.
+        if let Some(parent) = self.cache_dir.parent() {
+            cmd.env("TMPDIR", parent).env_remove("SLURM_TMPDIR");
+        }
+        let res = run_cmd(cmd, Duration::from_secs(60));
         let out = match res {
             Ok(o) => o,
             Err(e) => {
