@@ -155,3 +155,58 @@ fn readers_of_a_file_replaced_by_rename_read_only_whole_versions() {
     let st = m.stats();
     eprintln!("{st}");
 }
+
+/// A file rewritten in place with its mtime put back (`cp -p` onto it, `rsync --inplace`)
+/// keeps its inode, size and mtime; only its ctime says it changed. A reader that has read
+/// part of the old version never gets the new one's bytes for the rest: its next read from
+/// the source fails (ESTALE). A file renamed over while read (rsync's way) still reads
+/// whole as the old version: its bytes live on in the open descriptor.
+#[test]
+fn a_rewrite_in_place_that_restores_the_mtime_is_not_mixed_into_an_open() {
+    if !fuse_or_skip() {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let s = Scratch::new();
+    let old = s.file("inplace.bin", 8 * CHUNK, 11);
+    let old_renamed = s.file("renamed.bin", 8 * CHUNK, 12);
+    let m = s.mount(&["--chunk-size", "64KiB", "--ram", "4MiB", "--disk", "0"]);
+
+    // In place: read the first chunk, rewrite the file at the source with the old mtime.
+    let f = fs::File::open(m.path("inplace.bin")).unwrap();
+    let mut head = vec![0u8; 4096];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, old[..4096]);
+    let src = s.src.join("inplace.bin");
+    let mtime = fs::metadata(&src).unwrap().modified().unwrap();
+    let new: Vec<u8> = old.iter().map(|b| b ^ 0x5a).collect();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .write_all_at(&new, 0)
+        .unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(fs::metadata(&src).unwrap().modified().unwrap(), mtime);
+    // The last chunk was never fetched (no readahead reaches it from one small read).
+    let mut tail = vec![0u8; 4096];
+    let err = f
+        .read_exact_at(&mut tail, 7 * CHUNK as u64)
+        .expect_err("a read of the rewritten file must fail, not mix versions");
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+
+    // Renamed over: the open reads the old version to its end.
+    let f = fs::File::open(m.path("renamed.bin")).unwrap();
+    f.read_exact_at(&mut head, 0).unwrap();
+    let tmp = s.src.join(".renamed.bin.tmp");
+    fs::write(&tmp, old_renamed.iter().map(|b| !b).collect::<Vec<u8>>()).unwrap();
+    fs::rename(&tmp, s.src.join("renamed.bin")).unwrap();
+    let mut all = vec![0u8; old_renamed.len()];
+    f.read_exact_at(&mut all, 0).unwrap();
+    assert_bytes_eq(&all, &old_renamed, "renamed.bin read through an open");
+}

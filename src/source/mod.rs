@@ -2,7 +2,7 @@
 //!
 //! Paths are relative to the source root ("" is the root) and resolved beneath a
 //! descriptor of it (`beneath.rs`): no symlink is followed in any component. Every call
-//! is counted in the stats (`source.meta_ops`, `source.reads`, `source.bytes`), so the
+//! but `statfs` (answered for `df` on the mount) is counted in the stats (`source.meta_ops`, `source.reads`, `source.bytes`), so the
 //! counters see everything bicache asks of the shared filesystem.
 //!
 //! Open descriptors are kept in a small LRU (never one per file of the dataset: the
@@ -185,14 +185,18 @@ impl FileVersion {
         }
     }
 
-    /// Whether the bytes of the file `st` describes are still this version's: same
-    /// inode, size and mtime. (Not the ctime: unlinking or renaming over a file changes
-    /// its ctime but not its bytes, and an open descriptor keeps reading them.)
+    /// Whether the bytes of the file `st` describes (an open descriptor's fstat) are still
+    /// this version's: same inode, size and mtime, and the same ctime unless the file is
+    /// no longer linked. A rewrite in place that restores the mtime (`cp -p` onto the file,
+    /// `rsync --inplace`) changes the ctime; renaming over the file or deleting it changes
+    /// the ctime too, but only by unlinking it, and an open descriptor keeps reading its
+    /// bytes, so that replacement does not fail a reader of the old version.
     pub fn same_data(&self, st: &Stat) -> bool {
         st.is_file()
             && st.size() == self.size
             && st.mtime_ns() == self.mtime_ns
             && st.ino() == self.ino
+            && (st.ctime_ns() == self.ctime_ns || st.nlink() == 0)
     }
 
     /// Whether `st` describes this very version.
