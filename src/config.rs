@@ -240,7 +240,8 @@ impl MountConfig {
         let fs_type = cache_dir.fs_type();
         if explicit && fs_type.class() == Class::Remote {
             let msg = format!(
-                "--cache-dir {} is on {}, a network or FUSE filesystem: every cached read goes                  over the network again. Use a node-local disk for the cache.",
+                "--cache-dir {} is on {}, a network or FUSE filesystem: every cached read goes \
+                 over the network again. Use a node-local disk for the cache.",
                 cache_dir.path().display(),
                 fs_type.name()
             );

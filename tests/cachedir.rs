@@ -306,4 +306,29 @@ fn the_default_cache_dir_is_node_local_and_private() {
             let _ = fs::remove_dir_all(&dir);
         }
     }
+    // Asked for by name, a cache dir on a network or FUSE filesystem is used, with one
+    // loud warning that names it.
+    let on_fuse = fuse_tmp.join("cache");
+    let mp = s.base.join("mnt-explicit");
+    fs::create_dir(&mp).unwrap();
+    let _guard = MountGuard::new(&mp);
+    let mut c = Command::new(BIN);
+    c.args([OsStr::new("mount"), s.src.as_os_str(), mp.as_os_str()])
+        .args(["--disk", "16MiB", "--cache-dir"])
+        .arg(&on_fuse);
+    let out = run_cmd(c, Duration::from_secs(30)).unwrap();
+    assert!(out.status.success(), "{}", out.describe());
+    let warning = format!(
+        "bicache: WARNING: --cache-dir {} is on fuse, a network or FUSE filesystem: every \
+         cached read goes over the network again",
+        on_fuse.display()
+    );
+    assert!(out.stderr.contains(&warning), "{}", out.describe());
+    assert_eq!(fs::read(mp.join("a.bin")).unwrap(), data);
+    let out = bicache(
+        [OsString::from("unmount"), mp.clone().into()],
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert!(out.status.success(), "{}", out.describe());
 }

@@ -141,6 +141,37 @@ fn a_fifo_swapped_in_for_a_file_gives_an_error_not_a_hang() {
     let e = got.expect_err("bytes read from a FIFO as if it were the file");
     assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // A file cached whole, and one cached in part (its first chunk), swapped for FIFOs:
+    // no hang either; each read is the old version whole (from the cache and the
+    // descriptor that still holds the unlinked file) or ESTALE, never a FIFO's bytes.
+    let whole = s.file("whole.bin", 300_000, 3);
+    let part = s.file("part.bin", 300_000, 4);
+    assert_eq!(fs::read(m.path("whole.bin")).unwrap(), whole);
+    {
+        use std::os::unix::fs::FileExt;
+        let mut head = vec![0u8; 4096];
+        fs::File::open(m.path("part.bin"))
+            .unwrap()
+            .read_exact_at(&mut head, 0)
+            .unwrap();
+        assert_eq!(head, part[..4096]);
+    }
+    for (name, data) in [("whole.bin", &whole), ("part.bin", &part)] {
+        fs::remove_file(s.src.join(name)).unwrap();
+        nix::unistd::mkfifo(&s.src.join(name), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = m.path(name);
+        std::thread::spawn(move || {
+            let _ = tx.send(fs::read(&p));
+        });
+        match rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("a read of {name} hung on a FIFO at the source"))
+        {
+            Ok(got) => assert_bytes_eq(&got, data, name),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{name}: {e}"),
+        }
+    }
     // The daemon still serves.
     s.file("other.bin", 1000, 2);
     assert_eq!(fs::read(m.path("other.bin")).unwrap().len(), 1000);
