@@ -4,7 +4,8 @@
 #      from PyPI into pip's isolated build environment; cargo builds the binary, into
 #      $CARGO_TARGET_DIR if set, else ./target);
 #   2. checks that the wheel holds the binary and the package, installs it into a fresh
-#      venv, with pytest, pytest-timeout and prometheus_client (the metrics tests parse with it) from PyPI;
+#      venv, with pytest, pytest-timeout, prometheus_client (the metrics tests parse with it),
+#      pyarrow, h5py and zarr (the format tests read with them) from PyPI;
 #   3. runs tests/python with that venv's pytest from outside the checkout
 #      (--import-mode=importlib: the installed package is tested, never ./python).
 # Needs cargo, python3 (>= 3.8, with venv) and FUSE (/dev/fuse, fusermount3): the tests
@@ -49,7 +50,9 @@ echo "== venv ($("$PYTHON" --version 2>&1)) in $WORK/venv"
 "$PYTHON" -m venv "$WORK/venv"
 VPY=$WORK/venv/bin/python
 PIP=("$VPY" -m pip --disable-pip-version-check)
-"${PIP[@]}" install --quiet pytest pytest-timeout prometheus_client
+# The format tests read through the mount with the readers users train from (pyarrow,
+# h5py, zarr), not with hand-written parsers.
+"${PIP[@]}" install --quiet pytest pytest-timeout prometheus_client pyarrow h5py numpy "zarr>=2.18,<3"
 
 # `pip install .` builds for this machine only (maturin's PEP 517 default: a plain linux
 # tag, no audit). Here the same PEP 517 build is asked for the manylinux policy a wheel for

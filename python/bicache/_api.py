@@ -385,9 +385,11 @@ def mount(
         ram: RAM tier budget (``--ram``): bytes (int) or a str (``"4GiB"``, ``"25%"`` of
             MemAvailable). CLI default ``25%``.
         disk: SSD tier budget (``--disk``): bytes, or a str (``"200GiB"``, ``"50%"`` of the
-            free space under the cache dir); ``0`` disables the tier. CLI default ``50%``.
+            free space under the cache dir plus what the cache already holds there); ``0`` disables the tier. CLI default ``50%``.
         cache_dir: the SSD tier directory (``--cache-dir``), created 0700; one daemon per
-            cache dir. Default: under ``$XDG_CACHE_HOME/bicache``.
+            cache dir. Default: a private folder on a node-local disk
+            (``$SLURM_TMPDIR``, ``$TMPDIR``, ``$XDG_CACHE_HOME``, local scratch, ``/var/tmp``;
+            never a network filesystem), one per source; see the README.
         chunk_size: caching unit (``--chunk-size``), 4KiB..64MiB.
         metadata_ttl: seconds attributes and listings are trusted (``--metadata-ttl``).
         immutable: the dataset does not change while mounted (``--immutable``).

@@ -514,3 +514,30 @@ def test_warm_without_prefetch_returns(dataset: Dataset, opts: dict) -> None:
     with bicache.mount(dataset.root, **opts) as m:
         m.warm(progress=False, timeout=30)
         assert m.shard_files() == []
+
+
+def test_the_readme_example_runs_as_written_under_a_launcher(dataset: Dataset, tmp_path: Path) -> None:
+    """The README's Python example, with only the dataset path and the metrics port
+    changed, run as torchrun would run rank 0 of 2."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "/shared/imagenet/train" in code and "metrics=9464" in code
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = code.replace("/shared/imagenet/train", str(dataset.root)).replace(
+        "metrics=9464", f"metrics={port}"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "BICACHE"))}
+    # The default cache dir and mountpoint follow $TMPDIR: keep them in this test's folder.
+    env.update(RANK="0", WORLD_SIZE="2", TMPDIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == 0, out.stderr
+    # It printed the bytes this rank pulled from the source: about half the dataset.
+    pulled = int(out.stdout.strip().splitlines()[-1])
+    assert 0 < pulled < dataset.total, out.stdout
+    assert mounted_under(tmp_path) == []

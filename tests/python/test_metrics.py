@@ -44,11 +44,18 @@ def test_metrics_parse_and_equal_the_stats(dataset: Dataset, tmp_path: Path, opt
     with bicache.mount(
         dataset.root, chunk_size="64KiB", passthrough=False, metrics=port, **opts
     ) as m:
+        _, before = scrape(port)
         for _ in range(2):  # a cold pass, then a warm one served by the RAM tier
             for name, data in dataset.files.items():
                 assert (m.path / name).read_bytes() == data
         ctype, fams = scrape(port)
         stats = m.stats()
+
+    # The counters move with the reads between two scrapes of one mount.
+    src = ("bicache_source_read_bytes", "bicache_source_read_bytes_total")
+    ram_hits = ("bicache_cache_hits", "bicache_cache_hits_total")
+    assert value(before, *src) < dataset.total <= value(fams, *src)
+    assert value(before, *ram_hits, tier="ram") < value(fams, *ram_hits, tier="ram")
 
     assert ctype.startswith("application/openmetrics-text"), ctype
     for name, fam in fams.items():
