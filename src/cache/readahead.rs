@@ -2,7 +2,7 @@
 //! reads land.
 //!
 //! - A reader whose read follows its previous one is sequential: it gets whole chunks,
-//!   and a readahead window that doubles (up to `--max-readahead`) of chunks ahead fetched
+//!   and a readahead window that doubles (up to 32 MiB, set in `daemon::serve`) of chunks ahead fetched
 //!   by the fetch threads, so source latency overlaps the reader's own work.
 //! - A reader that starts at offset 0 gets whole chunks too: that is how whole-file epoch
 //!   readers begin, and it keeps their amplification at 1.

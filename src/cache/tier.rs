@@ -1,6 +1,7 @@
 //! What a cache tier is to the chunk cache: somewhere bytes of chunks may be found, kept,
-//! and pinned. The RAM tier and the SSD tier implement it; the cache composes them in
-//! order (RAM first) instead of branching on which exist.
+//! and pinned. The RAM tier and the SSD tier implement it. The chunk cache still names its
+//! two tiers on the read path (RAM first, then the SSD if there is one); budgets, pinning
+//! and flushing go through this trait.
 
 use std::fs::File;
 use std::ops::Range;

@@ -162,13 +162,21 @@ impl Namespace {
             hint: Arc::new(OnceLock::new()),
             stop: AtomicBool::new(false),
         });
+        let mut inner = inner;
         let weak = Arc::downgrade(&inner);
         let worker = std::thread::Builder::new()
             .name("bicache-meta".into())
             .spawn(move || revalidate::worker(weak))
             .ok();
         if worker.is_none() {
-            tracing::warn!("cannot start the metadata thread: revalidating in the foreground");
+            // The closure (and its weak reference) is gone with the failed spawn.
+            if let Some(i) = Arc::get_mut(&mut inner) {
+                i.opts.revalidate_rate = 0.0;
+            }
+            tracing::warn!(
+                "cannot start the metadata thread: entries past the TTL are revalidated in \
+                 the foreground, and the metadata budget is not enforced"
+            );
         }
         Namespace {
             inner,

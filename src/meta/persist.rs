@@ -8,7 +8,8 @@
 //! stat of that very file. Without `--immutable` the file is written (it may serve a later
 //! `--immutable` mount) but not read.
 //!
-//! Format (`<cache-dir>/namespace`, little-endian, pinned by a golden test):
+//! Format (`<cache-dir>/namespace`, little-endian; the record bytes are pinned by
+//! `golden_attr_and_kind_bytes`, the whole file by a save/load round trip in meta/tests.rs):
 //!
 //! ```text
 //! "bicache-namespace 1\n"                        magic
@@ -425,5 +426,54 @@ pub(super) fn load(inner: &Inner, dir: &PrivateDir) -> usize {
             warn!("the namespace kept by the last mount does not check out; starting empty");
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes of an attribute record and of a kind are what older namespace files hold:
+    /// a change here needs a new MAGIC, or remounts misread their saved namespace.
+    #[test]
+    fn golden_attr_and_kind_bytes() {
+        let a = Attr {
+            size: 0x0102030405060708,
+            blocks: 9,
+            mtime_s: 1_700_000_000,
+            ctime_s: -2,
+            atime_s: 3,
+            mtime_n: 999_999_999,
+            ctime_n: 5,
+            atime_n: 6,
+            src_ino: 0xAABBCCDDEEFF0011,
+            nlink: 2,
+            uid: 1000,
+            gid: 100,
+            perm: 0o104755,
+            blksize_log2: 12,
+        };
+        let golden = "0807060504030201090000000000000000f1536500000000feffffffffffffff03000000\
+                      00000000ffc99a3b05000000060000001100ffeeddccbbaa02000000e803000064000000\
+                      ed890c";
+        let hex: String = encode_attr(&a).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, golden);
+        assert_eq!(decode_attr(&encode_attr(&a)), a);
+        assert_eq!(MAGIC, b"bicache-namespace 1\n");
+        let kinds = [
+            Kind::File,
+            Kind::Dir,
+            Kind::Symlink,
+            Kind::Fifo,
+            Kind::CharDev,
+            Kind::BlockDev,
+            Kind::Socket,
+        ];
+        for (b, k) in kinds.into_iter().enumerate() {
+            assert_eq!(kind_byte(k), b as u8);
+            assert_eq!(byte_kind(b as u8), Some(k));
+        }
+        assert_eq!(byte_kind(7), None);
+        assert_eq!((F_ATTR, F_LISTED, F_LISTING, NO_AGE), (1, 2, 4, u32::MAX));
     }
 }

@@ -105,8 +105,9 @@ pub struct IdxHeader {
 }
 
 /// One present range of a `.data` file: units `first..first + units` of chunk `chunk`,
-/// with the xxh3-64 of those bytes (clipped to the file's end). `units == 0` records that
-/// the chunk was evicted (its bytes punched out).
+/// with the xxh3-64 of those bytes (clipped to the file's end). `units == 0` is a tombstone
+/// that clears the chunk: the format has it so a chunk can be evicted by punching a hole,
+/// but this version never writes one (it evicts whole files); it is read correctly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
     pub chunk: u32,
