@@ -11,7 +11,7 @@
 # DATASET_DIR: read your own directory instead of a generated one (~64 MB, 320 files);
 # it is only read. Environment knobs: LATENCY_MS (1) and BANDWIDTH_MBPS (40) of the slow
 # source, SLOW=0 to mount bicache straight on DATASET_DIR (when it already is on a slow
-# filesystem), RAM (512MiB) and DISK (2GiB) budgets. Binaries come from
+# filesystem), RAM and DISK budgets (default: bicache's own). Binaries come from
 # $CARGO_TARGET_DIR/release (default target/release), built first if missing or older than
 # the sources (BUILD=0: use them as they are; BUILD=1: always run cargo build). Needs FUSE 3 (fusermount3) and /dev/fuse; as root the page cache is
 # dropped between the passes, so the second pass really goes through bicache.
@@ -26,8 +26,10 @@ cd "$(dirname "$0")/.."
 LATENCY_MS=${LATENCY_MS:-1}
 BANDWIDTH_MBPS=${BANDWIDTH_MBPS:-40}
 SLOW=${SLOW:-1}
-RAM=${RAM:-512MiB}
-DISK=${DISK:-2GiB}
+# bicache's own defaults (25% of free RAM, 50% of the cache disk) unless RAM / DISK are set.
+BUDGETS=()
+[[ -n ${RAM:-} ]] && BUDGETS+=(--ram "$RAM")
+[[ -n ${DISK:-} ]] && BUDGETS+=(--disk "$DISK")
 
 # --- 1. build (or reuse what is built) ----------------------------------------------
 OUT=${CARGO_TARGET_DIR:-$PWD/target}/release
@@ -104,8 +106,8 @@ else
     echo "slow source: $SRC served by slowfs at $SLOWMNT ($LATENCY_MS ms per request, $BANDWIDTH_MBPS MB/s)"
     UNDER=$SLOWMNT
 fi
-"$BIN" mount "$UNDER" "$MNT" --cache-dir "$WORK/cache" --ram "$RAM" --disk "$DISK"
-echo "bicache:     $UNDER mounted at $MNT (RAM $RAM, SSD $DISK in $WORK/cache)"
+"$BIN" mount "$UNDER" "$MNT" --cache-dir "$WORK/cache" "${BUDGETS[@]}"
+echo "bicache:     $UNDER mounted at $MNT (RAM ${RAM:-25%}, SSD ${DISK:-50%} in $WORK/cache)"
 echo "             (in another terminal: $BIN stats --watch $MNT)"
 
 # --- 5. read everything twice -------------------------------------------------------
