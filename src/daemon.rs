@@ -223,7 +223,14 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
         stats.clone(),
     );
     let has_disk = cache.has_disk();
-    let shard = crate::shard::setup::for_mount(cfg, &source, &cache, &stats)?;
+    let wanted = crate::shard::setup::MountShard {
+        args: &cfg.shard_args,
+        id: cfg.shard.as_ref(),
+        prefetch: cfg.prefetch,
+        pin: cfg.pin,
+        cache_dir: &cfg.cache_dir,
+    };
+    let shard = crate::shard::setup::for_mount(&wanted, &source, &cache, &stats)?;
     let ns = Namespace::new(
         source,
         NamespaceOptions {

@@ -6,9 +6,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tracing::{info, warn};
 
-use super::{AlwaysVisible, list_dataset, make_plan, sizing_for, summary};
+use super::{AlwaysVisible, ShardId, list_dataset, make_plan, sizing_for, summary};
 use crate::cache::{ChunkCache, PinPolicy};
-use crate::config::MountConfig;
+use crate::cachedir::PrivateDir;
+use crate::cli::ShardArgs;
 use crate::meta::{ShardView, path_hash};
 use crate::source::{FileVersion, Source};
 use crate::stats::Stats;
@@ -22,16 +23,27 @@ pub struct ShardSetup {
     pub prefetch: Vec<FileVersion>,
 }
 
+/// What a mount asks of sharding (from its checked configuration).
+pub struct MountShard<'a> {
+    pub args: &'a ShardArgs,
+    /// This mount's shard; None: the whole dataset.
+    pub id: Option<&'a ShardId>,
+    pub prefetch: bool,
+    pub pin: PinPolicy,
+    /// Where the dataset list is kept when no folder is shared by the node's mounts.
+    pub cache_dir: &'a PrivateDir,
+}
+
 /// Lists the dataset and plans this mount's shard (only when sharding or prefetch asks for
 /// it: the walk costs metadata operations on the shared filesystem), pins its files.
 pub fn for_mount(
-    cfg: &MountConfig,
+    cfg: &MountShard,
     source: &Source,
     cache: &ChunkCache,
     stats: &Stats,
 ) -> Result<ShardSetup, String> {
-    let sa = &cfg.shard_args;
-    if cfg.shard.is_none() && !cfg.prefetch {
+    let sa = cfg.args;
+    if cfg.id.is_none() && !cfg.prefetch {
         stats.shard_count.store(1, Relaxed);
         return Ok(ShardSetup {
             view: None,
@@ -46,7 +58,7 @@ pub fn for_mount(
         .and_then(|p| crate::cachedir::CacheDir::claim(&p).ok());
     let keep: &crate::cachedir::PrivateDir = match &shared {
         Some(d) => d,
-        None => &cfg.cache_dir,
+        None => cfg.cache_dir,
     };
     let files = list_dataset(source, sa.manifest.as_deref(), Some(keep))?;
     info!(
@@ -60,17 +72,17 @@ pub fn for_mount(
     let plan = make_plan(
         files,
         &visible,
-        cfg.shard.as_ref(),
+        cfg.id,
         sa.seed,
         sizing.as_ref(),
     );
-    let line = summary(&plan, cfg.shard.as_ref(), sizing.as_ref());
+    let line = summary(&plan, cfg.id, sizing.as_ref());
     if plan.cut {
         warn!("{line}");
     } else {
         info!("{line}");
     }
-    if let Some(id) = &cfg.shard {
+    if let Some(id) = cfg.id {
         stats.shard_index.store(id.index, Relaxed);
         stats.shard_count.store(id.count, Relaxed);
     } else {
@@ -87,7 +99,7 @@ pub fn for_mount(
                 .collect(),
         );
     }
-    let view = cfg.shard.as_ref().map(|_| ShardView {
+    let view = cfg.id.map(|_| ShardView {
         members: plan
             .files
             .iter()
