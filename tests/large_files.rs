@@ -30,29 +30,7 @@ fn check_reads(mp: &Path, files: &[SourceFile], seed: u64) {
     let mut rng = XorShift::new(seed);
     for (rel, want) in files {
         let f = File::open(mp.join(rel)).unwrap();
-        for _ in 0..40 {
-            let off = rng.below(want.len() as u64 + 4096);
-            let len = 1 + rng.below(3 << 20) as usize;
-            let mut buf = vec![0u8; len];
-            let n = read_full_at(&f, &mut buf, off).unwrap();
-            let lo = (off as usize).min(want.len());
-            let hi = (lo + len).min(want.len());
-            assert_bytes_eq(&buf[..n], &want[lo..hi], &format!("{rel} at {off}+{len}"));
-        }
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                want.len(),
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED, "mmap {rel}");
-        let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, want.len()) };
-        assert_bytes_eq(mapped, want, &format!("{rel} via mmap"));
-        unsafe { libc::munmap(map, want.len()) };
+        check_preads_and_mmap(&f, rel, want, &mut rng, 40, 3 << 20);
     }
 }
 

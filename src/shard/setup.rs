@@ -69,13 +69,7 @@ pub fn for_mount(
     let visible = AlwaysVisible::new(&sa.always_visible)?;
     // The shard is fitted to the capacity tier (the SSD tier, RAM without one).
     let sizing = sizing_for(sa, cache.capacity())?;
-    let plan = make_plan(
-        files,
-        &visible,
-        cfg.id,
-        sa.seed,
-        sizing.as_ref(),
-    );
+    let plan = make_plan(files, &visible, cfg.id, sa.seed, sizing.as_ref());
     let line = summary(&plan, cfg.id, sizing.as_ref());
     if plan.cut {
         warn!("{line}");

@@ -386,6 +386,41 @@ pub fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize
     Ok(done)
 }
 
+/// `reads` positioned reads of `f` at random offsets (up to 4 KiB past the end) and
+/// lengths (1..=`max_len`), then the whole file through mmap: each must equal `want`.
+pub fn check_preads_and_mmap(
+    f: &File,
+    rel: &str,
+    want: &[u8],
+    rng: &mut XorShift,
+    reads: usize,
+    max_len: u64,
+) {
+    for _ in 0..reads {
+        let off = rng.below(want.len() as u64 + 4096);
+        let len = 1 + rng.below(max_len) as usize;
+        let mut buf = vec![0u8; len];
+        let n = read_full_at(f, &mut buf, off).unwrap();
+        let lo = (off as usize).min(want.len());
+        let hi = (lo + len).min(want.len());
+        assert_bytes_eq(&buf[..n], &want[lo..hi], &format!("{rel} at {off}+{len}"));
+    }
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            want.len(),
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "mmap {rel}");
+    let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, want.len()) };
+    assert_bytes_eq(mapped, want, &format!("{rel} via mmap"));
+    unsafe { libc::munmap(map, want.len()) };
+}
+
 // ---------------------------------------------------------------------------
 // Source trees
 // ---------------------------------------------------------------------------
