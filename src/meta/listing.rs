@@ -17,9 +17,16 @@ impl Inner {
     /// open by name). The source entry `.bicache` at the top is hidden by the control dir.
     pub(super) fn list(&self, ino: u64) -> io::Result<Vec<Listed>> {
         let i = idx_of(ino).ok_or_else(|| errno(libc::ESTALE))?;
-        self.ensure_listing(i)?;
-        let t = self.table.read();
-        let (children, _) = t.listing(i).ok_or_else(|| errno(libc::ESTALE))?;
+        // The budget may drop the listing between making it and reading it: make it again.
+        let t = loop {
+            self.ensure_listing(i)?;
+            let t = self.table.read();
+            t.get(i).ok_or_else(|| errno(libc::ESTALE))?;
+            if t.listing(i).is_some() {
+                break t;
+            }
+        };
+        let (children, _) = t.listing(i).expect("checked under this read guard");
         let restrict = self.view.as_ref().filter(|v| v.restrict);
         let prefix = match restrict {
             Some(_) => {

@@ -83,6 +83,18 @@ impl Inner {
     /// Looks `name` up in the directory `parent`. A successful answer is a kernel
     /// reference (released by `forget`); a failed one leaves nothing behind.
     pub(super) fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Entry> {
+        // A known node the kernel holds no reference to can be trimmed by the budget
+        // between reading the table and marking it used; that is a miss, not ESTALE,
+        // so look again (the next pass stats it at the source).
+        loop {
+            if let Some(e) = self.lookup_once(parent, name)? {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// One pass of `lookup`; `None` when the node it found was trimmed meanwhile.
+    fn lookup_once(&self, parent: u64, name: &OsStr) -> io::Result<Option<Entry>> {
         let p = idx_of(parent).ok_or_else(|| errno(libc::ESTALE))?;
         let nb = name.as_bytes();
         if nb.is_empty() || nb == b"." || nb == b".." || nb.contains(&b'/') {
@@ -106,7 +118,7 @@ impl Inner {
                 let state = self.freshness(n.has_attr(), n.attr_at);
                 if state != Freshness::Ask {
                     drop(t);
-                    return self.answer(c, state == Freshness::Stale);
+                    return Ok(self.answer(p, nb, c, state == Freshness::Stale));
                 }
             } else if let Some((_, at)) = t.listing(p) {
                 // A known listing without the name: it is not there (a stale listing is
@@ -131,7 +143,7 @@ impl Inner {
                     .is_some_and(|n| n.has_attr() && self.fresh(n.attr_at))
             {
                 drop(t);
-                return self.answer(c, false);
+                return Ok(self.answer(p, nb, c, false));
             }
         }
         let st = self.source.lstat(&parent_path.join(name))?;
@@ -142,22 +154,25 @@ impl Inner {
         let c = self.store_stat(&mut t, p, nb, &st);
         t.add_lookup(c);
         self.publish_counts(&t);
-        Inner::entry(&t, c).ok_or_else(|| errno(libc::ESTALE))
+        Inner::entry(&t, c)
+            .map(Some)
+            .ok_or_else(|| errno(libc::ESTALE))
     }
 
     /// A lookup answered from what is known: a kernel reference, the node marked used,
-    /// and queued for revalidation if stale.
-    fn answer(&self, c: Idx, stale: bool) -> io::Result<Entry> {
+    /// and queued for revalidation if stale. `None` if the node was trimmed since it
+    /// was found (its slot may even hold another name by now).
+    fn answer(&self, p: Idx, name: &[u8], c: Idx, stale: bool) -> Option<Entry> {
         let mut t = self.table.write();
-        if t.get(c).is_none() {
-            return Err(errno(libc::ESTALE));
+        if t.child(p, name) != Some(c) {
+            return None;
         }
         t.add_lookup(c);
         t.cache(c);
         if stale {
             self.queue.push(&mut t, c);
         }
-        Inner::entry(&t, c).ok_or_else(|| errno(libc::ESTALE))
+        Inner::entry(&t, c)
     }
 
     /// Whether this lookup is of a listed entry without attributes, in a folder where

@@ -249,3 +249,38 @@ fn the_namespace_survives_a_remount() {
     fs::write(&path, fs::read(&path).unwrap()).unwrap();
     assert_eq!(n.load(&dir), 0);
 }
+
+#[test]
+fn lookups_racing_the_budget_sweep_get_their_own_name_and_never_estale() {
+    // The sweep frees nodes only the cache holds; a lookup that found such a node just
+    // before it went (its slot perhaps reused by another name) must look again.
+    let t = tempfile::tempdir().unwrap();
+    let names = 3000;
+    for i in 0..names {
+        fs::write(t.path().join(format!("f{i:04}")), vec![b'x'; i]).unwrap();
+    }
+    let (n, _) = ns_with(t.path(), None, 0.0, 20 << 10);
+    let n = Arc::new(n);
+    let until = std::time::Instant::now() + Duration::from_millis(3500);
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let n = n.clone();
+            std::thread::spawn(move || {
+                let mut i = w * 997;
+                let mut done = 0u64;
+                while std::time::Instant::now() < until {
+                    i = (i + 7) % names;
+                    let e = n
+                        .lookup(ROOT_INO, OsStr::new(&format!("f{i:04}")))
+                        .unwrap_or_else(|e| panic!("f{i:04}: {e}"));
+                    assert_eq!(e.attr.size, i as u64, "f{i:04} answered with another node");
+                    n.forget(e.ino, 1);
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let done: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(done > 1000, "only {done} lookups ran");
+}
