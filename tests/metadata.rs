@@ -221,30 +221,42 @@ fn the_kernel_keeps_attributes_only_for_what_is_left_of_the_ttl() {
         return;
     }
     let s = Scratch::new();
-    fs::write(s.src.join("f"), b"old").unwrap();
     let m = s.mount(&["--metadata-ttl", "4", "--revalidate-rate", "1000"]);
-    let t0 = Instant::now();
-    assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 3);
-    // Near the end of the TTL the kernel forgets and asks again; the daemon answers from
-    // what it fetched at t0 (still fresh). Given the whole TTL again, the kernel would
-    // keep the old size until t0 + 7.4 s.
-    std::thread::sleep(Duration::from_millis(3400));
-    // Dentries and inodes only: no sync, which can take seconds on a busy disk.
-    fs::write("/proc/sys/vm/drop_caches", b"2\n").unwrap();
-    assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 3);
-    let asked = t0.elapsed();
-    fs::write(s.src.join("f.tmp"), b"replaced").unwrap();
-    fs::rename(s.src.join("f.tmp"), s.src.join("f")).unwrap();
-    let seen = within(Duration::from_secs(10), || {
-        fs::metadata(m.path("f")).unwrap().len() == 8
-    });
-    let at = t0.elapsed();
-    assert!(seen, "the change was never seen: {}", m.stats());
-    // Seen at the TTL (or when last asked, if later), plus one revalidation and the
-    // second a stale answer is kept by the kernel; not a whole TTL after the last ask.
-    let bound = asked.max(Duration::from_secs(4)) + Duration::from_millis(2500);
-    assert!(
-        at < bound.min(asked + Duration::from_secs(4)),
-        "the change was seen {at:?} after the first stat (TTL 4 s, asked again at {asked:?})"
-    );
+    // The test needs its stat near the end of the TTL to reach the daemon before the TTL
+    // is over; dropping the kernel's dentries can take seconds on a busy machine with
+    // many inodes, so a try whose drop overran the TTL is made again with a new file.
+    for attempt in 0..4 {
+        let name = format!("f{attempt}");
+        fs::write(s.src.join(&name), b"old").unwrap();
+        let t0 = Instant::now();
+        assert_eq!(fs::metadata(m.path(&name)).unwrap().len(), 3);
+        // Near the end of the TTL the kernel forgets and asks again; the daemon answers
+        // from what it fetched at t0 (still fresh). Given the whole TTL again, the kernel
+        // would keep the old size until t0 + 7.4 s.
+        std::thread::sleep(Duration::from_millis(3400));
+        // Dentries and inodes only: no sync, which can take seconds on a busy disk.
+        fs::write("/proc/sys/vm/drop_caches", b"2\n").unwrap();
+        assert_eq!(fs::metadata(m.path(&name)).unwrap().len(), 3);
+        let asked = t0.elapsed();
+        fs::write(s.src.join("f.tmp"), b"replaced").unwrap();
+        fs::rename(s.src.join("f.tmp"), s.src.join(&name)).unwrap();
+        if asked >= Duration::from_millis(3900) {
+            eprintln!("try {attempt}: the drop took until {asked:?}; again");
+            continue;
+        }
+        let seen = within(Duration::from_secs(10), || {
+            fs::metadata(m.path(&name)).unwrap().len() == 8
+        });
+        let at = t0.elapsed();
+        assert!(seen, "the change was never seen: {}", m.stats());
+        // Seen at the TTL, plus one revalidation and the second a stale answer is kept
+        // by the kernel; not a whole TTL after the last ask.
+        let bound = Duration::from_millis(4000 + 2500).min(asked + Duration::from_secs(4));
+        assert!(
+            at < bound,
+            "the change was seen {at:?} after the first stat (TTL 4 s, asked again at {asked:?})"
+        );
+        return;
+    }
+    panic!("dropping the kernel's dentries took longer than 0.5 s in each of 4 tries");
 }
