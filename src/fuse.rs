@@ -301,6 +301,64 @@ impl Filesystem for BicacheFs {
         reply.ok()
     }
 
+    /// No ioctl is supported, as on a plain file: ENOTTY, what a local filesystem answers.
+    /// Python's open() asks TCGETS (isatty) of every file; fuser's default would answer
+    /// ENOSYS and log a warning line per open (400 MB of log per 1.28 M-file epoch).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY)
+    }
+
+    /// Nothing to sync on a read-only mount (fuser's default logs a warning).
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok()
+    }
+
+    /// ENOSYS: the kernel then answers poll() itself (always ready), as for a local file,
+    /// and stops asking; fuser's default would also log a warning.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    /// SEEK_DATA/SEEK_HOLE: ENOSYS makes the kernel answer them itself (the file is one
+    /// extent of data) from then on; without it fuser logs a warning.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(Errno::ENOSYS)
+    }
+
     fn fsync(
         &self,
         _req: &Request,

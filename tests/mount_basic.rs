@@ -5,7 +5,7 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -848,4 +848,63 @@ fn corrupted_disk_cache_is_detected_not_served() {
         "damaged chunks must be re-read from the source: {st}"
     );
     drop(m);
+}
+
+#[test]
+fn isatty_seek_data_poll_and_fsync_answer_like_a_local_file_and_log_nothing() {
+    if !fuse_or_skip() {
+        return;
+    }
+    // Python's open() asks isatty (ioctl TCGETS) of every file; SEEK_DATA/SEEK_HOLE come
+    // from cp and tar, poll from event loops, fsync of a folder from careful tools. Each
+    // must get a local filesystem's answer, and none may write a log line (fuser's
+    // defaults log one per request: hundreds of MB per epoch for isatty alone).
+    let s = Scratch::new();
+    let size = 3 * CHUNK + 17;
+    let want = s.file("f.bin", size, 77);
+    let m = s.mount(&budgets("4MiB"));
+    let before = fs::metadata(&m.log_file).map(|md| md.len()).unwrap_or(0);
+    for round in 0..200 {
+        let f = fs::File::open(m.path("f.bin")).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        assert_eq!(unsafe { libc::isatty(fd) }, 0);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY),
+            "round {round}: isatty's errno"
+        );
+        assert_eq!(unsafe { libc::lseek(fd, 5, libc::SEEK_DATA) }, 5);
+        assert_eq!(unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) }, size as i64);
+        assert_eq!(unsafe { libc::lseek(fd, 0, libc::SEEK_SET) }, 0);
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        assert_eq!(
+            unsafe { libc::poll(&mut pfd, 1, 0) },
+            1,
+            "round {round}: poll"
+        );
+        assert!(pfd.revents & libc::POLLIN != 0, "round {round}: readable");
+        if round % 50 == 0 {
+            let d = fs::File::open(m.path("")).unwrap();
+            d.sync_all().unwrap();
+        }
+        if round % 50 == 0 {
+            let mut got = Vec::new();
+            (&f).read_to_end(&mut got).unwrap();
+            assert!(got == want, "round {round}: bytes differ");
+        }
+        // close() reports no error.
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(f);
+        assert_eq!(unsafe { libc::close(raw) }, 0, "round {round}: close");
+    }
+    let log = fs::read_to_string(&m.log_file).unwrap_or_default();
+    let added = &log[before as usize..];
+    assert!(
+        !added.contains("WARN") && !added.contains("Not Implemented"),
+        "the daemon logged during plain reads:\n{}",
+        &added[..added.len().min(2000)]
+    );
 }
