@@ -323,3 +323,75 @@ fn eviction_under_a_small_disk_budget_holds_it() {
     }
     assert!(stat(&m.stats(), "disk.evictions") > 0);
 }
+
+#[test]
+fn a_random_reader_that_holds_a_quarter_of_a_chunk_gets_the_rest_in_one_fetch() {
+    if !fuse_or_skip() {
+        return;
+    }
+    // 1 MiB chunks of 64 units of 16 KiB. A few random blocks pull one unit each; a
+    // reader covering a region densely (a whole random pass) pulls the rest of a chunk
+    // once a quarter of it is held, instead of one request per read.
+    const UNIT: u64 = 16 << 10;
+    const CHUNK: u64 = 1 << 20;
+    let s = Scratch::new();
+    let want = s.file("pass.bin", 16 << 20, 21);
+    let m = s.mount(&ARGS);
+    let f = File::open(m.path("pass.bin")).unwrap();
+    let read_at = |at: u64| {
+        let mut buf = vec![0u8; 4096];
+        let n = read_full_at(&f, &mut buf, at).unwrap();
+        assert_bytes_eq(
+            &buf[..n],
+            &want[at as usize..at as usize + 4096],
+            &format!("{at}"),
+        );
+    };
+    let pulled = || stat(&m.stats(), "source.bytes");
+    // Chunks 1-8 get 16 of their 64 units (every fourth), chunk 9 only 8; interleaved,
+    // so no two reads in a row fall in one chunk (that would count as locality).
+    for k in 0..16u64 {
+        for c in 1..=9u64 {
+            if c == 9 && k >= 8 {
+                continue;
+            }
+            read_at(c * CHUNK + k * 4 * UNIT + 4096);
+        }
+    }
+    assert_eq!(
+        pulled(),
+        (8 * 16 + 8) * UNIT,
+        "one unit per read: {}",
+        m.stats()
+    );
+    m.settle();
+    // A new unit in each quarter-held chunk: the whole chunk; in chunk 9: one unit.
+    let before = pulled();
+    for c in 1..=8u64 {
+        read_at(c * CHUNK + 2 * UNIT);
+    }
+    let dense = pulled() - before;
+    assert_eq!(
+        dense,
+        8 * CHUNK,
+        "quarter-held chunks fetched whole: {}",
+        m.stats()
+    );
+    let before = pulled();
+    read_at(9 * CHUNK + 2 * UNIT);
+    assert_eq!(pulled() - before, UNIT, "an eighth-held chunk: one unit");
+    // Everything in chunks 1-8 is now held: no more source reads.
+    m.settle();
+    let before = pulled();
+    let mut rng = XorShift::new(3);
+    for _ in 0..200 {
+        let c = 1 + rng.below(8);
+        read_at(c * CHUNK + rng.below(CHUNK / 4096) * 4096);
+    }
+    assert_eq!(
+        pulled(),
+        before,
+        "the dense chunks were complete: {}",
+        m.stats()
+    );
+}
