@@ -394,4 +394,42 @@ fn a_random_reader_that_holds_a_quarter_of_a_chunk_gets_the_rest_in_one_fetch() 
         "the dense chunks were complete: {}",
         m.stats()
     );
+    // 128 KiB reads: two make a quarter, but the rest comes whole only after four
+    // fetches (short random runs touch many chunks twice).
+    let g = File::open(m.path("pass.bin")).unwrap();
+    unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&g),
+            0,
+            0,
+            libc::POSIX_FADV_RANDOM,
+        )
+    };
+    let read_128k = |at: u64| {
+        let mut buf = vec![0u8; 128 << 10];
+        let n = read_full_at(&g, &mut buf, at).unwrap();
+        assert_eq!(n, 128 << 10);
+        assert_bytes_eq(&buf, &want[at as usize..at as usize + n], &format!("{at}"));
+    };
+    // Alternating between two chunks (three reads in a row in one chunk would count as
+    // locality).
+    for (k, unit) in [0u64, 16, 32, 48].into_iter().enumerate() {
+        for c in [12, 13] {
+            let before = pulled();
+            read_128k(c * CHUNK + unit * UNIT);
+            assert_eq!(
+                pulled() - before,
+                8 * UNIT,
+                "128 KiB read {k}: its units only"
+            );
+        }
+        m.settle();
+    }
+    let before = pulled();
+    read_128k(12 * CHUNK + 8 * UNIT);
+    assert_eq!(
+        pulled() - before,
+        CHUNK,
+        "after four fetches: the chunk whole"
+    );
 }

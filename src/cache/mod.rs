@@ -82,8 +82,10 @@ pub enum Purpose {
 
 /// Readahead jobs waiting for a fetch thread; more are dropped (a reader will ask anyway).
 const READAHEAD_QUEUE: usize = 256;
-/// A random reader that holds 1/DENSE_SHARE of a chunk gets the rest of it whole.
+/// Random reads that hold 1/DENSE_SHARE of a chunk, from at least DENSE_FETCHES fetches,
+/// get the rest of it whole (`ChunkCache::dense`).
 const DENSE_SHARE: usize = 4;
+const DENSE_FETCHES: u32 = 4;
 
 /// The part of the RAM budget the RAM tier itself may hold. Chunks in flight (being fetched,
 /// queued for the SSD tier, being replied) and freed buffers kept for reuse (buf.rs) live
@@ -411,16 +413,19 @@ impl ChunkCache {
         }
     }
 
-    /// Whether a random reader has already pulled a quarter of this chunk's units: it is
-    /// reading the region densely (a whole random pass, not a few blocks), so the rest of
-    /// the chunk comes in one request instead of one per read. A reader that stops there
-    /// has pulled at most 4x (5x with the quarter fetched again) what it read in the chunk;
-    /// a few random blocks of a big file never get there.
+    /// Whether random reads have already pulled a quarter of this chunk's units, in at
+    /// least `DENSE_FETCHES` separate fetches: the region is being read densely (a whole
+    /// random pass, not a few blocks), so the rest of the chunk comes in one request
+    /// instead of one per read. A reader that stops there has pulled at most 4x (5x with
+    /// the quarter fetched again) what it read in the chunk. The fetch count keeps large
+    /// random reads (128 KiB: two make a quarter) on units in short random runs, where
+    /// chunks touched twice are common and whole chunks would double what is pulled.
     fn dense(&self, file: &CachedFile, index: u64, chunk_len: usize) -> bool {
         let units = chunk_len.div_ceil(self.unit as usize);
-        self.disk
-            .as_ref()
-            .is_some_and(|d| d.units_held(file, index) as usize * DENSE_SHARE >= units)
+        self.disk.as_ref().is_some_and(|d| {
+            let (held, fetches) = d.units_held(file, index);
+            held as usize * DENSE_SHARE >= units && fetches >= DENSE_FETCHES
+        })
     }
 
     /// SSD tier, then the source. Run by one thread per missing range.
