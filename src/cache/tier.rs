@@ -54,10 +54,10 @@ pub trait Tier: Send + Sync {
     /// Whether the whole chunk is held.
     fn contains(&self, file: &CachedFile, index: u64) -> bool;
 
-    /// How many units of chunk `index` are held, and in how many separately stored
-    /// ranges: (0, 0) for a tier that keeps whole chunks only.
-    fn units_held(&self, _file: &CachedFile, _index: u64) -> (u32, u32) {
-        (0, 0)
+    /// In how many separately stored pieces chunk `index` is held (0 for a tier that
+    /// keeps whole chunks only).
+    fn pieces_held(&self, _file: &CachedFile, _index: u64) -> u32 {
+        0
     }
 
     /// Keeps a piece (a tier may do it later, off the caller's path, or not at all).

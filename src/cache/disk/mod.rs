@@ -199,14 +199,11 @@ impl Tier for DiskTier {
         }
     }
 
-    fn units_held(&self, file: &CachedFile, index: u64) -> (u32, u32) {
+    fn pieces_held(&self, file: &CachedFile, index: u64) -> u32 {
         let ix = self.inner.index.lock();
         match ix.get(file.key).map(|e| &e.shape) {
-            Some(Shape::Large(l)) => (
-                l.masks.get(index as usize).map_or(0, |m| m.count_ones()),
-                l.chunk_records(index as u32).len() as u32,
-            ),
-            _ => (0, 0),
+            Some(Shape::Large(l)) => l.chunk_records(index as u32).len() as u32,
+            _ => 0,
         }
     }
 
