@@ -97,7 +97,13 @@ impl Large {
         &self.records[lo..hi]
     }
 
-    /// Adds a record (a tombstone clears the chunk), replacing the records it overlaps.
+    /// Adds a record (a tombstone clears the chunk). A record whose units are all held
+    /// already adds nothing; records wholly inside the new one are replaced by it; records
+    /// that only overlap it stay (their bytes are the same version's, so every checksum
+    /// holds; the overlap is charged twice, which errs on the safe side of the budget).
+    /// Records are applied after their data is synced, in batches, so a piece can arrive
+    /// after a whole chunk that covers it: replacing the wider record would forget bytes
+    /// that are on disk.
     pub fn apply(&mut self, r: Record) {
         let c = r.chunk as usize;
         if self.masks.len() <= c {
@@ -111,12 +117,16 @@ impl Large {
             return;
         }
         let (a, b) = (r.first as u32, r.first as u32 + r.units as u32);
+        let new = unit_mask(a, b - a);
+        if self.masks[c] & new == new {
+            return;
+        }
         let mut keep: Vec<Record> = self.records[lo..hi]
             .iter()
             .copied()
             .filter(|x| {
                 let (xa, xb) = (x.first as u32, x.first as u32 + x.units as u32);
-                xb <= a || xa >= b
+                !(xa >= a && xb <= b)
             })
             .collect();
         keep.push(r);
@@ -525,5 +535,36 @@ mod tests {
         assert!(l.complete(3, |_| u64::MAX));
         assert_eq!(unit_mask(0, 64), u64::MAX);
         assert_eq!(unit_mask(62, 2), 0b11 << 62);
+    }
+
+    #[test]
+    fn a_piece_applied_after_a_record_that_covers_it_forgets_nothing() {
+        let mut l = Large {
+            size: 2 * 64 * 4096,
+            ..Default::default()
+        };
+        let r = |first, units| Record {
+            chunk: 1,
+            first,
+            units,
+            sum: first as u64 * 1000 + units as u64,
+        };
+        // Synced in one batch: the whole chunk's record lands before a piece inside it.
+        l.apply(r(0, 64));
+        l.apply(r(10, 1));
+        assert_eq!(l.masks[1], u64::MAX, "the whole chunk is still held");
+        assert_eq!(l.chunk_records(1), &[r(0, 64)]);
+        // Pieces that only overlap each other both stay, and their union is held.
+        l.apply(r(0, 0));
+        l.apply(r(4, 8));
+        l.apply(r(8, 8));
+        assert_eq!(l.masks[1], unit_mask(4, 12));
+        assert_eq!(l.chunk_records(1).len(), 2);
+        // A record wholly inside the new one is replaced; the overlapping one stays.
+        l.apply(r(6, 3));
+        assert_eq!(l.chunk_records(1).len(), 2, "held already: nothing added");
+        l.apply(r(8, 30));
+        assert_eq!(l.chunk_records(1), &[r(4, 8), r(8, 30)]);
+        assert_eq!(l.masks[1], unit_mask(4, 34));
     }
 }
