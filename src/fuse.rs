@@ -1,6 +1,7 @@
 //! The fuser adapter: kernel requests in, replies out. It holds no policy: every answer
 //! comes from `vfs.rs`; this file translates types, negotiates the kernel's capabilities
-//! at init, and refuses every write-type operation with EROFS.
+//! at init, refuses every write-type operation with EROFS, and answers ioctl, lseek and
+//! poll as a local file would (fuser's defaults log a warning per request).
 
 use std::ffi::OsStr;
 use std::io;
