@@ -8,7 +8,8 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -117,7 +118,9 @@ fn damage_to_a_large_backing_file_is_caught_at_open() {
 }
 
 /// Opens of one large file while it goes from partly cached (daemon reads) to complete
-/// (passthrough) never fail: every open of an inode shares one mode.
+/// (passthrough) never fail: every open of an inode shares one mode. The readers keep
+/// going until the write-back has completed a file and it opened in passthrough (a slow
+/// disk makes that take longer, never makes it skip the transition).
 #[test]
 fn opens_of_a_large_file_share_one_mode_and_never_fail() {
     if !fuse_or_skip() {
@@ -126,19 +129,34 @@ fn opens_of_a_large_file_share_one_mode_and_never_fail() {
     let s = Scratch::new();
     let files = Arc::new(dataset(&s));
     let m = s.mount(&ARGS);
+    let passthrough_seen = AtomicBool::new(false);
+    let start = Instant::now();
     std::thread::scope(|scope| {
         for t in 0..6 {
             let files = files.clone();
             let mp = m.mountpoint.clone();
+            let passthrough_seen = &passthrough_seen;
             scope.spawn(move || {
-                for round in 0..6 {
+                let mut round = 0;
+                while round < 6
+                    || !(passthrough_seen.load(Ordering::Relaxed)
+                        || start.elapsed() > Duration::from_secs(90))
+                {
                     for (rel, want) in files.iter().skip(t % 2) {
                         let got = fs::read(mp.join(rel))
                             .unwrap_or_else(|e| panic!("thread {t} round {round} {rel}: {e}"));
                         assert_bytes_eq(&got, want, rel);
                     }
+                    round += 1;
                 }
             });
+        }
+        while start.elapsed() <= Duration::from_secs(90) {
+            if stat(&m.stats(), "passthrough.opens") > 0 {
+                passthrough_seen.store(true, Ordering::Relaxed);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     });
     assert!(stat(&m.stats(), "passthrough.opens") > 0, "{}", m.stats());
