@@ -97,6 +97,11 @@ impl Inner {
     /// file, then the records that make the ranges count as present.
     pub(super) fn write_batch(&self, jobs: Vec<Job>) {
         let mut pending = Vec::new();
+        // Per large file in this batch: whether its data file was still as bicache last
+        // left it (its stamp) before this batch's first write to it. Only then does the
+        // stamp follow this batch's writes, so a file bicache filled itself needs no
+        // re-hash at its first passthrough open, and any other change is hashed there.
+        let mut custody: HashMap<u128, bool> = HashMap::new();
         for job in jobs {
             if job.size <= self.chunk_size {
                 let result = self.write_small(&job);
@@ -104,7 +109,7 @@ impl Inner {
                 continue;
             }
             // A large file's piece counts once its record is written, below.
-            match self.write_large_data(&job) {
+            match self.write_large_data(&job, &mut custody) {
                 Ok(Some((r, files))) => pending.push((job, r, files)),
                 Ok(None) => {}
                 Err(e) => self.note(Err(e)),
@@ -113,9 +118,13 @@ impl Inner {
         let mut synced: Vec<u128> = Vec::new();
         for (job, r, files) in pending {
             let result = (|| -> io::Result<bool> {
+                let mut stamp = None;
                 if !synced.contains(&job.key) {
                     files.data.sync_data()?;
                     synced.push(job.key);
+                    if custody.get(&job.key) == Some(&true) {
+                        stamp = Some(stamp_of(&files.data.metadata()?));
+                    }
                 }
                 let rec = layout::encode_record(&r);
                 let at = files.idx.metadata()?.len();
@@ -124,6 +133,9 @@ impl Inner {
                 let unit = self.unit;
                 let chunk_size = self.chunk_size;
                 let ok = ix.update(job.key, |e| {
+                    if let Some(stamp) = stamp {
+                        e.stamp = stamp;
+                    }
                     if let Shape::Large(l) = &mut e.shape {
                         l.apply(r);
                         l.idx_len = at + layout::IDX_RECORD as u64;
@@ -258,7 +270,11 @@ impl Inner {
     }
 
     /// A piece of a large file written in place (not yet counted as present).
-    fn write_large_data(&self, job: &Job) -> io::Result<Option<(Record, Arc<LargeFiles>)>> {
+    fn write_large_data(
+        &self,
+        job: &Job,
+        custody: &mut HashMap<u128, bool>,
+    ) -> io::Result<Option<(Record, Arc<LargeFiles>)>> {
         let chunk_len =
             (job.size.saturating_sub(job.chunk * self.chunk_size)).min(self.chunk_size) as usize;
         let (start, end) = (job.start, job.start + job.data.len());
@@ -295,6 +311,13 @@ impl Inner {
                 return Err(e);
             }
         };
+        custody.entry(job.key).or_insert_with(|| {
+            files.data.metadata().is_ok_and(|m| {
+                let stamp = stamp_of(&m);
+                let ix = self.index.lock();
+                ix.get(job.key).is_some_and(|e| e.stamp == stamp)
+            })
+        });
         if let Err(e) = files
             .data
             .write_all_at(&job.data, job.chunk * self.chunk_size + start as u64)
@@ -338,6 +361,7 @@ impl Inner {
                 0,
             )?;
             data.set_len(job.size)?;
+            let stamp = stamp_of(&data.metadata()?);
             let mut ix = self.index.lock();
             if !ix.contains(job.key) {
                 let mut e = Entry::new(
@@ -350,6 +374,8 @@ impl Inner {
                     4096,
                 );
                 e.last_use = index::minutes_now();
+                // Made by bicache just now, holding nothing yet: the custody chain starts.
+                e.stamp = stamp;
                 ix.insert(e, false);
                 ix.reserved = ix.reserved.saturating_sub(4096);
             }
