@@ -183,6 +183,10 @@ pub struct MountArgs {
     /// Daemon log file [default: <cache-dir>/bicache.log]. Filter with RUST_LOG (default info).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Largest the log may grow (0: no limit). The default log in the cache dir is then
+    /// rotated once, to bicache.log.1; a --log-file stops at the size with one line saying so.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB")]
+    pub log_max_size: String,
     /// Seconds that attributes and listings are trusted before the source is asked again.
     /// Longer than a typical epoch, so each epoch doesn't re-stat every file of the dataset.
     #[arg(

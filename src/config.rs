@@ -31,6 +31,8 @@ pub struct MountConfig {
     pub chunk_size: u64,
     pub foreground: bool,
     pub log_file: Option<PathBuf>,
+    /// `--log-max-size` in bytes; 0: no limit.
+    pub log_max_size: u64,
     /// None = trust forever (`--immutable`).
     pub metadata_ttl: Option<Duration>,
     /// Background revalidation rate (ops/s; 0 = in the foreground).
@@ -134,6 +136,16 @@ impl MountConfig {
                 ));
             }
             Err(e) => return fail(format!("--meta-budget: {e}")),
+        };
+        let log_max_size = match parse_size(&args.log_max_size, false) {
+            Ok(SizeSpec::Bytes(b)) if b == 0 || b >= 64 << 10 => b,
+            Ok(_) => {
+                return fail(format!(
+                    "--log-max-size: invalid size '{}': 0 (no limit) or at least 64KiB",
+                    args.log_max_size
+                ));
+            }
+            Err(e) => return fail(format!("--log-max-size: {e}")),
         };
         let metrics = match &args.metrics {
             Some(a) => Some(crate::metrics::parse_addr(a).map_err(ConfigError)?),
@@ -260,6 +272,7 @@ impl MountConfig {
             chunk_size,
             foreground: args.foreground,
             log_file: args.log_file.clone(),
+            log_max_size,
             metadata_ttl: if args.immutable {
                 None
             } else {

@@ -12,6 +12,8 @@ use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
+use crate::logfile::{CappedLog, LogHome};
+
 use crate::cache::disk::{Budget, DiskTier};
 use crate::cache::{CacheConfig, ChunkCache, PIN_SHARE, PinPolicy, Tier};
 use crate::config::MountConfig;
@@ -109,7 +111,9 @@ fn init_logging(cfg: &MountConfig, foreground: bool) {
         .unwrap_or_else(|_| EnvFilter::new("info,fuser::session=error"));
     // The default log is in the cache dir, opened through its descriptor (never a symlink).
     let file = match &cfg.log_file {
-        Some(p) => crate::config::open_log_file(p).ok(),
+        Some(p) => crate::config::open_log_file(p)
+            .ok()
+            .map(|f| (f, LogHome::UserFile)),
         None if !foreground => cfg
             .cache_dir
             .open_file(
@@ -118,14 +122,23 @@ fn init_logging(cfg: &MountConfig, foreground: bool) {
                     | nix::fcntl::OFlag::O_APPEND
                     | nix::fcntl::OFlag::O_CREAT,
             )
-            .ok(),
+            .ok()
+            .and_then(|f| {
+                let dir = cfg.cache_dir.try_clone().ok()?;
+                let name = LOG_FILE.to_string();
+                Some((f, LogHome::CacheDir { dir, name }))
+            }),
         None => None,
     };
     match file {
-        Some(file) => tracing_subscriber::fmt()
+        Some((file, home)) => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
+            .with_writer(std::sync::Mutex::new(CappedLog::new(
+                file,
+                home,
+                cfg.log_max_size,
+            )))
             .init(),
         None => tracing_subscriber::fmt()
             .with_env_filter(filter)

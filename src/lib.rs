@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod flight;
 pub mod fuse;
+pub mod logfile;
 pub mod meta;
 pub mod metrics;
 pub mod mountinfo;

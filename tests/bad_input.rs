@@ -271,6 +271,13 @@ fn chunk_size_zero() {
 }
 
 #[test]
+fn log_max_size_too_small_or_a_percentage() {
+    bad_value(&["--log-max-size", "1KiB"], &["--log-max-size", "1KiB"]);
+    bad_value(&["--log-max-size", "10%"], &["--log-max-size", "10%"]);
+    bad_value(&["--log-max-size", "lots"], &["--log-max-size", "lots"]);
+}
+
+#[test]
 fn unmount_of_a_plain_directory() {
     let c = case();
     let dir = c.s.base.join("mnt");

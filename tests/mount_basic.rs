@@ -905,3 +905,47 @@ fn isatty_seek_data_poll_and_fsync_answer_like_a_local_file_and_log_nothing() {
         &added[..added.len().min(2000)]
     );
 }
+
+/// The default log in the cache dir never grows past twice `--log-max-size`: a chatty
+/// `RUST_LOG` (one line per FUSE request here) rotates it once to `bicache.log.1`.
+#[test]
+fn the_default_log_is_rotated_at_its_size_limit() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    s.file("a.bin", 1000, 1);
+    let mp = s.base.join("mnt");
+    fs::create_dir(&mp).unwrap();
+    let _guard = MountGuard::new(&mp);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("mount")
+        .arg(&s.src)
+        .arg(&mp)
+        .arg("--cache-dir")
+        .arg(&s.cache)
+        .args(["--log-max-size", "64KiB"])
+        .env("RUST_LOG", "debug")
+        .env("TMPDIR", &s.base);
+    let out = run_cmd(cmd, Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "{}", out.describe());
+    let log = s.cache.join("bicache.log");
+    let old = s.cache.join("bicache.log.1");
+    for i in 0..3000 {
+        assert!(fs::metadata(mp.join(format!("missing-{i}"))).is_err());
+        fs::read(mp.join("a.bin")).unwrap();
+    }
+    let cap = 64 << 10;
+    let len = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    assert!(old.exists(), "no rotation; log is {} bytes", len(&log));
+    assert!(
+        len(&log) <= cap && len(&old) <= cap,
+        "{} {}",
+        len(&log),
+        len(&old)
+    );
+    assert!(!s.cache.join("bicache.log.2").exists());
+    // The current log is whole lines, and still being written.
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.is_empty() || text.ends_with('\n'));
+}

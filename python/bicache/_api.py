@@ -347,6 +347,7 @@ def mount(
     immutable: bool = False,
     allow_other: bool = False,
     log_file: Optional[StrPath] = None,
+    log_max_size: Optional[Size] = None,
     fuse_threads: Optional[int] = None,
     fetch_threads: Optional[int] = None,
     passthrough: Optional[bool] = None,
@@ -395,6 +396,8 @@ def mount(
         immutable: the dataset does not change while mounted (``--immutable``).
         allow_other: let other users use the mount (``--allow-other``).
         log_file: daemon log (``--log-file``); default ``<cache_dir>/bicache.log``.
+        log_max_size: largest the log may grow (``--log-max-size``, default 64MiB; 0 no
+            limit): the default log is rotated once, a ``log_file`` stops there.
         fuse_threads, fetch_threads, prefetch_threads: thread counts of the daemon.
         passthrough: FUSE passthrough on/off (``--passthrough on|off``).
         cache_policy: ``"pin"`` or ``"lru"`` (``--cache-policy``).
@@ -448,6 +451,8 @@ def mount(
         flags.append("--allow-other")
     if log_file is not None:
         flags.append("--log-file=" + _path(log_file))
+    if log_max_size is not None:
+        flags.append("--log-max-size=" + _size("log_max_size", log_max_size))
     if fuse_threads is not None:
         flags.append("--fuse-threads=" + _integer("fuse_threads", fuse_threads))
     if fetch_threads is not None:
