@@ -27,18 +27,6 @@ fn dataset(s: &Scratch) -> Vec<SourceFile> {
         .collect()
 }
 
-/// Flips one bit of a cache file at `at`, as a bad disk or a stray writer would.
-fn flip(p: &Path, at: u64) {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(p)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
-}
-
 fn data_files(cache: &Path) -> Vec<PathBuf> {
     cache_files(cache)
         .into_iter()
@@ -106,7 +94,7 @@ fn damage_to_a_large_backing_file_is_caught_at_open() {
     let data = data_files(&s.cache);
     assert_eq!(data.len(), files.len());
     // Between mounts.
-    flip(&data[0], (1 << 20) + 77);
+    flip_bit(&data[0], (1 << 20) + 77);
     let m = s.mount(&ARGS);
     drop_caches();
     read_all(&m.mountpoint, &files);
@@ -123,7 +111,7 @@ fn damage_to_a_large_backing_file_is_caught_at_open() {
         .iter()
         .max_by_key(|p| fs::metadata(p).unwrap().len())
         .unwrap();
-    flip(victim, 3 << 20);
+    flip_bit(victim, 3 << 20);
     drop_caches();
     read_all(&m.mountpoint, &files);
     assert_eq!(stat(&m.stats(), "disk.corrupt"), 2, "{}", m.stats());
@@ -155,7 +143,7 @@ fn a_change_to_a_backing_file_mid_fill_is_caught_at_open() {
     assert!(stat(&st, "source.bytes") < len as u64 / 2, "{st}");
     let data = data_files(&s.cache);
     assert_eq!(data.len(), 1, "{data:?}");
-    flip(&data[0], (1 << 20) + 77);
+    flip_bit(&data[0], (1 << 20) + 77);
     // The rest (not the changed chunk, which a daemon read would check), so the file
     // completes.
     let f = File::open(&path).unwrap();

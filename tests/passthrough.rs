@@ -6,8 +6,7 @@
 mod common;
 
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
 
@@ -139,17 +138,7 @@ fn damaged_cache_files_are_caught_before_the_kernel_reads_them() {
         .iter()
         .filter(|p| fs::metadata(p).unwrap().len() > 10)
         .collect();
-    let flip = |p: &Path, at: u64| {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(p)
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, at).unwrap();
-        f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
-    };
-    flip(victims[0], 3);
+    flip_bit(victims[0], 3);
     let len = fs::metadata(victims[1]).unwrap().len();
     fs::OpenOptions::new()
         .write(true)
@@ -187,7 +176,7 @@ fn damaged_cache_files_are_caught_before_the_kernel_reads_them() {
         .into_iter()
         .max_by_key(|p| fs::metadata(p).unwrap().len())
         .unwrap();
-    flip(&target, 7);
+    flip_bit(&target, 7);
     drop_caches();
     read_all(&m.mountpoint, &small);
     let st = m.stats();

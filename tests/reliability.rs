@@ -6,7 +6,7 @@ mod common;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -23,17 +23,6 @@ fn make_files(s: &Scratch, n: usize, size: usize, seed: u64) -> Vec<SourceFile> 
             (rel, data)
         })
         .collect()
-}
-
-fn flip_byte(p: &Path, at: u64) {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(p)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
 }
 
 fn truncate_half(p: &Path) {
@@ -87,18 +76,18 @@ fn damaged_cache_files_are_detected_and_never_served() {
     let idx_of = |d: &Path| PathBuf::from(d.to_string_lossy().replace(".data", ".idx"));
     // Small files: a flipped bit; truncated; deleted; another small file's bytes (same
     // length) copied over it.
-    flip_byte(small[0], 1000);
+    flip_bit(small[0], 1000);
     truncate_half(small[1]);
     fs::remove_file(small[2]).unwrap();
     fs::write(small[3], fs::read(small[4]).unwrap()).unwrap();
     // Large files: a flipped bit in the data; the data truncated; the data deleted (its
     // index left alone); a damaged index header; a damaged record; another large file's
     // data copied over it.
-    flip_byte(data[0], 70_000);
+    flip_bit(data[0], 70_000);
     truncate_half(data[1]);
     fs::remove_file(data[2]).unwrap();
-    flip_byte(&idx_of(data[3]), 12);
-    flip_byte(&idx_of(data[4]), 48 + 24 + 9);
+    flip_bit(&idx_of(data[3]), 12);
+    flip_bit(&idx_of(data[4]), 48 + 24 + 9);
     fs::write(data[5], fs::read(data[6]).unwrap()).unwrap();
     // Files bicache did not write: ignored, never served, never deleted.
     let bucket = small[5].parent().unwrap().to_path_buf();

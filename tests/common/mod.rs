@@ -357,6 +357,19 @@ pub fn chunk_files(cache: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Flips one bit of the byte at `at` of a file, as a bad disk or a stray writer would.
+pub fn flip_bit(p: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+}
+
 /// Every file of the SSD tier (format 3: `files/aa/bb/…`), sorted: small files
 /// (`<key>-<len>-<sum>`), large files' data (`.data`) and indexes (`.idx`).
 pub fn cache_files(cache: &Path) -> Vec<PathBuf> {
