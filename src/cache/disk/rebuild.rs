@@ -179,10 +179,27 @@ fn scan(files: &PrivateDir) -> Found {
 /// damaged or forged `.idx` can make the index take.
 const MAX_CHUNKS: u64 = 1 << 24;
 
-/// Reads a large file's `.idx`; None if it is not a valid index of that key for this
-/// chunk size, or disagrees with its `.data` (then both files go). A torn tail (a crash
-/// while appending) is cut off. Nothing in the file is trusted to size an allocation.
-fn load_large(files: &Beneath, key: u128, chunk_size: u64) -> Option<Entry> {
+/// Why a large file's pair of files cannot be used (both then go).
+#[derive(Debug, PartialEq, Eq)]
+enum Unusable {
+    /// A creation cut short by a crash: no header yet, or a header and an empty `.data`
+    /// with no record. Nothing was ever recorded, so nothing is lost: bicache's leftover.
+    CutShort,
+    /// Not a valid index of that key for this chunk size, or disagreeing with its `.data`.
+    Damaged,
+}
+
+/// Reads a large file's `.idx`. A torn tail (a crash while appending) is cut off. Nothing
+/// in the file is trusted to size an allocation.
+fn load_large(files: &Beneath, key: u128, chunk_size: u64) -> Result<Entry, Unusable> {
+    load_large_inner(files, key, chunk_size).unwrap_or(Err(Unusable::Damaged))
+}
+
+fn load_large_inner(
+    files: &Beneath,
+    key: u128,
+    chunk_size: u64,
+) -> Option<Result<Entry, Unusable>> {
     let regular_len = |f: &File| {
         f.metadata()
             .ok()
@@ -205,20 +222,34 @@ fn load_large(files: &Beneath, key: u128, chunk_size: u64) -> Option<Entry> {
     // Records are appended once per range written; a chunk is rewritten only after it
     // was dropped, so a few per unit is already generous.
     let max_idx = layout::IDX_HEADER as u64 + chunks * units * 4 * layout::IDX_RECORD as u64;
-    if chunks > MAX_CHUNKS || regular_len(&f)? > max_idx {
+    let idx_file_len = regular_len(&f)?;
+    if idx_file_len < layout::IDX_HEADER as u64 {
+        // Made, but killed before its header was written (`write.rs::writer_for`).
+        return Some(Err(Unusable::CutShort));
+    }
+    if chunks > MAX_CHUNKS || idx_file_len > max_idx {
         return None;
     }
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).ok()?;
     let h = layout::decode_header(&bytes)?;
     if h.key != key
-        || h.size != data_len
         || h.chunk_size as u64 != chunk_size
         || h.unit as u64 != layout::unit(chunk_size)
     {
         return None;
     }
     let (records, good) = layout::decode_records(&bytes[layout::IDX_HEADER..]);
+    if h.size != data_len {
+        // The header is written before the `.data` is given its length: killed between
+        // the two, the `.data` is empty and nothing was recorded.
+        let cut_short = data_len == 0 && records.is_empty();
+        return if cut_short {
+            Some(Err(Unusable::CutShort))
+        } else {
+            None
+        };
+    }
     let idx_len = (layout::IDX_HEADER + good) as u64;
     if idx_len < bytes.len() as u64 {
         let _ = f.set_len(idx_len);
@@ -234,7 +265,7 @@ fn load_large(files: &Beneath, key: u128, chunk_size: u64) -> Option<Entry> {
         }
     }
     let charged = l.data_bytes(h.unit as u64, chunk_size) + on_disk(idx_len);
-    Some(Entry::new(key, Shape::Large(Box::new(l)), charged))
+    Some(Ok(Entry::new(key, Shape::Large(Box::new(l)), charged)))
 }
 
 /// Opens the tier's files and rebuilds its state; returns a one-line report for the log.
@@ -271,18 +302,21 @@ pub fn open(
     let mut dropped = 0u64;
     let mut damaged = 0u64;
     for &k in data.union(&idx) {
-        let both = data.contains(&k) && idx.contains(&k);
-        match both.then(|| load_large(&beneath, k, chunk_size)).flatten() {
-            Some(e) => entries.push(e),
-            None => {
-                // One without the other is a write cut short (bicache's own leftover);
-                // both present but disagreeing is damage. Neither is ever served.
+        // One without the other is a write cut short (bicache's own leftover); both
+        // present but disagreeing is damage. Neither is ever served.
+        let loaded = if data.contains(&k) && idx.contains(&k) {
+            load_large(&beneath, k, chunk_size)
+        } else {
+            Err(Unusable::CutShort)
+        };
+        match loaded {
+            Ok(e) => entries.push(e),
+            Err(why) => {
                 let _ = beneath.unlink(&super::index_path(k));
                 let _ = beneath.unlink(&super::data_path(k));
-                if both {
-                    damaged += 1;
-                } else {
-                    dropped += 1;
+                match why {
+                    Unusable::CutShort => dropped += 1,
+                    Unusable::Damaged => damaged += 1,
                 }
             }
         }
@@ -463,10 +497,10 @@ mod tests {
             header(2, 1 << 62, CHUNK as u32),
             &[far],
         );
-        assert!(load_large(&files, 2, CHUNK).is_none());
+        assert_eq!(load_large(&files, 2, CHUNK).err(), Some(Unusable::Damaged));
         // Another chunk size than the mount's: not this mount's to read.
         large(t.path(), 3, 3 * CHUNK, header(3, 3 * CHUNK, 4096), &[first]);
-        assert!(load_large(&files, 3, CHUNK).is_none());
+        assert_eq!(load_large(&files, 3, CHUNK).err(), Some(Unusable::Damaged));
         // A record beyond the file's chunks is ignored, not allocated for.
         large(
             t.path(),
@@ -485,6 +519,17 @@ mod tests {
             ..header(5, (MAX_CHUNKS + 1) * 4096, 4096)
         };
         large(t.path(), 5, (MAX_CHUNKS + 1) * 4096, small_chunks, &[]);
-        assert!(load_large(&files, 5, 4096).is_none());
+        assert_eq!(load_large(&files, 5, 4096).err(), Some(Unusable::Damaged));
+        // Creations cut short by a kill: bicache's leftovers, not damage.
+        large(t.path(), 6, 0, header(6, 3 * CHUNK, CHUNK as u32), &[]);
+        assert_eq!(load_large(&files, 6, CHUNK).err(), Some(Unusable::CutShort));
+        let b = t.path().join(layout::bucket(7));
+        std::fs::create_dir_all(&b).unwrap();
+        File::create(b.join(layout::data_name(7))).unwrap();
+        File::create(b.join(layout::index_name(7))).unwrap();
+        assert_eq!(load_large(&files, 7, CHUNK).err(), Some(Unusable::CutShort));
+        // But an empty .data under a header with records is damage: bytes were recorded.
+        large(t.path(), 8, 0, header(8, 3 * CHUNK, CHUNK as u32), &[first]);
+        assert_eq!(load_large(&files, 8, CHUNK).err(), Some(Unusable::Damaged));
     }
 }
