@@ -12,12 +12,11 @@ use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::logfile::{CappedLog, LogHome};
-
 use crate::cache::disk::{Budget, DiskTier};
 use crate::cache::{CacheConfig, ChunkCache, PIN_SHARE, PinPolicy, Tier};
 use crate::config::MountConfig;
 use crate::fuse::BicacheFs;
+use crate::logfile::{CappedLog, LogHome};
 use crate::meta::{Namespace, Options as NamespaceOptions};
 use crate::prefetch;
 use crate::size::{SizeSpec, human};
