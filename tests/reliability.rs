@@ -243,7 +243,16 @@ fn kill_9_during_readers_then_remount_is_exact_and_warm() {
             })
         })
         .collect();
+    // Killed once some ranges are recorded (durable) while the readers still read: on a
+    // disk whose fdatasync is slow that takes longer than the usual fraction of a second.
     std::thread::sleep(Duration::from_millis(400));
+    let recorded = |p: &PathBuf| {
+        p.to_string_lossy().ends_with(".idx") && fs::metadata(p).is_ok_and(|m| m.len() > 48)
+    };
+    let start = Instant::now();
+    while !cache_files(&s.cache).iter().any(recorded) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     unsafe { libc::kill(m.pid, libc::SIGKILL) };
     assert!(wait_pid_exit(m.pid, Duration::from_secs(10)));
     stop.store(true, Ordering::Relaxed);
