@@ -115,14 +115,18 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn the_cache_dir_log_rotates_once_and_never_passes_twice_the_cap() {
-        let (_t, d, p) = dir();
+    fn cache_dir_log(d: &PrivateDir, cap: u64) -> CappedLog {
         let home = LogHome::CacheDir {
             dir: d.try_clone().unwrap(),
             name: "bicache.log".into(),
         };
-        let mut log = CappedLog::new(open(&d, "bicache.log"), home, 1000);
+        CappedLog::new(open(d, "bicache.log"), home, cap)
+    }
+
+    #[test]
+    fn the_cache_dir_log_rotates_once_and_never_passes_twice_the_cap() {
+        let (_t, d, p) = dir();
+        let mut log = cache_dir_log(&d, 1000);
         for i in 0..500 {
             // One write per line, as the log's formatter makes one per event.
             log.write_all(format!("line {i:04} of the log\n").as_bytes())
@@ -164,11 +168,7 @@ mod tests {
     #[test]
     fn no_cap_means_no_cap() {
         let (_t, d, p) = dir();
-        let home = LogHome::CacheDir {
-            dir: d.try_clone().unwrap(),
-            name: "bicache.log".into(),
-        };
-        let mut log = CappedLog::new(open(&d, "bicache.log"), home, 0);
+        let mut log = cache_dir_log(&d, 0);
         for _ in 0..1000 {
             writeln!(log, "0123456789").unwrap();
         }

@@ -192,14 +192,7 @@ enum Unusable {
 /// Reads a large file's `.idx`. A torn tail (a crash while appending) is cut off. Nothing
 /// in the file is trusted to size an allocation.
 fn load_large(files: &Beneath, key: u128, chunk_size: u64) -> Result<Entry, Unusable> {
-    load_large_inner(files, key, chunk_size).unwrap_or(Err(Unusable::Damaged))
-}
-
-fn load_large_inner(
-    files: &Beneath,
-    key: u128,
-    chunk_size: u64,
-) -> Option<Result<Entry, Unusable>> {
+    use Unusable::{CutShort, Damaged};
     let regular_len = |f: &File| {
         f.metadata()
             .ok()
@@ -209,46 +202,42 @@ fn load_large_inner(
     let data = File::from(
         files
             .open_at(&super::data_path(key), OFlag::O_RDONLY | OFlag::O_NONBLOCK)
-            .ok()?,
+            .map_err(|_| Damaged)?,
     );
-    let data_len = regular_len(&data)?;
+    let data_len = regular_len(&data).ok_or(Damaged)?;
     let mut f = File::from(
         files
             .open_at(&super::index_path(key), OFlag::O_RDWR | OFlag::O_NONBLOCK)
-            .ok()?,
+            .map_err(|_| Damaged)?,
     );
     let chunks = data_len.div_ceil(chunk_size);
     let units = layout::units_per_chunk(chunk_size) as u64;
     // Records are appended once per range written; a chunk is rewritten only after it
     // was dropped, so a few per unit is already generous.
     let max_idx = layout::IDX_HEADER as u64 + chunks * units * 4 * layout::IDX_RECORD as u64;
-    let idx_file_len = regular_len(&f)?;
+    let idx_file_len = regular_len(&f).ok_or(Damaged)?;
     if idx_file_len < layout::IDX_HEADER as u64 {
         // Made, but killed before its header was written (`write.rs::writer_for`).
-        return Some(Err(Unusable::CutShort));
+        return Err(CutShort);
     }
     if chunks > MAX_CHUNKS || idx_file_len > max_idx {
-        return None;
+        return Err(Damaged);
     }
     let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).ok()?;
-    let h = layout::decode_header(&bytes)?;
+    f.read_to_end(&mut bytes).map_err(|_| Damaged)?;
+    let h = layout::decode_header(&bytes).ok_or(Damaged)?;
     if h.key != key
         || h.chunk_size as u64 != chunk_size
         || h.unit as u64 != layout::unit(chunk_size)
     {
-        return None;
+        return Err(Damaged);
     }
     let (records, good) = layout::decode_records(&bytes[layout::IDX_HEADER..]);
     if h.size != data_len {
         // The header is written before the `.data` is given its length: killed between
         // the two, the `.data` is empty and nothing was recorded.
         let cut_short = data_len == 0 && records.is_empty();
-        return if cut_short {
-            Some(Err(Unusable::CutShort))
-        } else {
-            None
-        };
+        return Err(if cut_short { CutShort } else { Damaged });
     }
     let idx_len = (layout::IDX_HEADER + good) as u64;
     if idx_len < bytes.len() as u64 {
@@ -265,7 +254,7 @@ fn load_large_inner(
         }
     }
     let charged = l.data_bytes(h.unit as u64, chunk_size) + on_disk(idx_len);
-    Some(Ok(Entry::new(key, Shape::Large(Box::new(l)), charged)))
+    Ok(Entry::new(key, Shape::Large(Box::new(l)), charged))
 }
 
 /// Opens the tier's files and rebuilds its state; returns a one-line report for the log.
