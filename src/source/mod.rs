@@ -6,9 +6,11 @@
 //! counters see everything bicache asks of the shared filesystem.
 //!
 //! Open descriptors are kept in a small LRU (never one per file of the dataset: the
-//! process has a hard fd limit). A file is read only through a descriptor whose file
-//! matched the version the reader opened (size, mtime, ctime, inode), and is checked again
-//! after each read, so every byte handed out belongs to that version or the read fails.
+//! process has a hard fd limit). Bytes read through a descriptor are handed out only once
+//! an `fstat` made after the read shows the version the reader opened (size, mtime,
+//! ctime, inode): the first read of a descriptor proves that it opened that version, and
+//! each later read that nothing changed it meanwhile. So every byte handed out belongs to
+//! that version, or the read fails.
 
 pub mod walk;
 
@@ -19,7 +21,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, OnceLock};
 
 use lru::LruCache;
@@ -267,7 +270,16 @@ impl SourceDir<'_> {
 
 /// An open source file: opened once however many threads want it at the same moment.
 /// A failed open is kept as its errno (io::Error is not Clone) and not reused.
-type OpenSlot = Arc<OnceLock<Result<File, i32>>>;
+type OpenSlot = Arc<OnceLock<Result<OpenFile, i32>>>;
+
+/// A source descriptor, and whether it is known to have opened the version it is kept
+/// for. That is proven by the `fstat` after its first read rather than by one before it:
+/// the same call then also shows that nothing changed the file during the read, so
+/// opening a file and reading it whole costs one metadata request less.
+struct OpenFile {
+    file: File,
+    proven: AtomicBool,
+}
 
 pub struct Source {
     root_path: PathBuf,
@@ -275,7 +287,7 @@ pub struct Source {
     open_files: Mutex<LruCache<FileVersion, OpenSlot>>,
     stats: Arc<Stats>,
     /// `--immutable`: the source promises not to change; reads skip the check after each
-    /// read (the check at open stays).
+    /// read, except the first read of each descriptor (which proves what it opened).
     immutable: bool,
 }
 
@@ -401,13 +413,18 @@ impl Source {
         let mut data = Buf::for_read(want);
         let mut done = 0;
         while done < want {
-            match handle.read_at(&mut data[done..], offset + done as u64) {
+            match handle.file.read_at(&mut data[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // A descriptor that went bad (e.g. a stale NFS handle) must not be reused.
+                    // A descriptor that went bad (e.g. a stale NFS handle) must not be
+                    // reused. One never proven may have opened something else (a FIFO
+                    // or a folder swapped in): that is the version gone, not an I/O error.
                     self.forget(file, &slot);
+                    if !handle.proven.load(Acquire) && !self.holds_version(handle, file) {
+                        return Err(errno(libc::ESTALE));
+                    }
                     return Err(e);
                 }
             }
@@ -417,18 +434,14 @@ impl Source {
         // Shorter than the version says, or changed while we read: the bytes may mix
         // versions. (A write updates mtime before it copies data, so a write that
         // overlapped this read shows in a check made after it.)
-        let changed = done < want
-            || (!self.immutable && {
-                self.count_meta(1);
-                !fstat(handle).is_ok_and(|st| file.same_data(&st))
-            });
-        if changed {
+        let check = !self.immutable || !handle.proven.load(Acquire);
+        if done < want || (check && !self.holds_version(handle, file)) {
             self.forget(file, &slot);
             return Err(errno(libc::ESTALE));
         }
         unsafe {
             libc::posix_fadvise(
-                handle.as_raw_fd(),
+                handle.file.as_raw_fd(),
                 offset as libc::off_t,
                 len as libc::off_t,
                 libc::POSIX_FADV_DONTNEED,
@@ -436,6 +449,22 @@ impl Source {
         }
         data.truncate(done);
         Ok(data)
+    }
+
+    /// Whether `handle` reads `file` as it is now (one `fstat`). Until some check has
+    /// proven the descriptor opened that very version, all of it must match; after, a
+    /// changed ctime is allowed once the file is unlinked (`same_data`), as rsync's rename
+    /// over it does while its bytes live on in the descriptor.
+    fn holds_version(&self, handle: &OpenFile, file: &FileVersion) -> bool {
+        self.count_meta(1);
+        let Ok(st) = fstat(&handle.file) else {
+            return false;
+        };
+        let ok = file.same_data(&st) && (handle.proven.load(Acquire) || file.matches(&st));
+        if ok {
+            handle.proven.store(true, Release);
+        }
+        ok
     }
 
     fn forget(&self, file: &FileVersion, slot: &OpenSlot) {
@@ -461,20 +490,19 @@ impl Source {
             }
         };
         slot.get_or_init(|| {
-            self.count_meta(2);
-            // O_NONBLOCK: a FIFO swapped in must not hang a FUSE thread in open().
-            let open = || -> io::Result<File> {
-                let fd = self.beneath.open_at(
+            self.count_meta(1);
+            // O_NONBLOCK: a FIFO swapped in must not hang a FUSE thread in open() or
+            // read() (which comes before the check that it is the file: `holds_version`).
+            self.beneath
+                .open_at(
                     &file.path,
                     OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
-                )?;
-                let st = fstat(&fd)?;
-                if !file.matches(&st) {
-                    return Err(errno(libc::ESTALE));
-                }
-                Ok(File::from(fd))
-            };
-            open().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+                )
+                .map(|fd| OpenFile {
+                    file: File::from(fd),
+                    proven: AtomicBool::new(false),
+                })
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
         });
         slot
     }
@@ -542,6 +570,41 @@ mod tests {
     }
 
     #[test]
+    fn the_check_after_the_first_read_also_proves_what_was_opened() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("f"), b"version one").unwrap();
+        for immutable in [false, true] {
+            let stats = Arc::new(Stats::default());
+            let src = Source::open(t.path(), stats.clone(), immutable).unwrap();
+            let v = FileVersion::of("f".into(), &src.lstat(Path::new("f")).unwrap());
+            let ops = || stats.source_meta_ops.load(Relaxed);
+            let before = ops();
+            // Open and read whole: the open and one fstat, which checks both what was
+            // opened and that it did not change during the read.
+            assert_eq!(&src.read_chunk(&v, 0, 100).unwrap()[..], b"version one");
+            assert_eq!(ops() - before, 2, "immutable {immutable}");
+            // A later read: an fstat for the change check, none under --immutable.
+            assert_eq!(&src.read_chunk(&v, 8, 100).unwrap()[..], b"one");
+            assert_eq!(ops() - before, if immutable { 2 } else { 3 });
+        }
+        // Replaced by rename before the first read: the descriptor opened is of another
+        // version, and what it read is refused, under --immutable too.
+        for immutable in [false, true] {
+            fs::write(t.path().join("f"), b"version one").unwrap();
+            let src = Source::open(t.path(), Arc::new(Stats::default()), immutable).unwrap();
+            let v = FileVersion::of("f".into(), &src.lstat(Path::new("f")).unwrap());
+            fs::write(t.path().join("tmp"), b"version two").unwrap();
+            fs::rename(t.path().join("tmp"), t.path().join("f")).unwrap();
+            let e = src.read_chunk(&v, 0, 100).unwrap_err();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ESTALE),
+                "immutable {immutable}"
+            );
+        }
+    }
+
+    #[test]
     fn a_fifo_in_place_of_a_file_fails_at_once() {
         let t = tempfile::tempdir().unwrap();
         fs::write(t.path().join("f"), b"data").unwrap();
@@ -549,6 +612,11 @@ mod tests {
         let v = FileVersion::of("f".into(), &src.lstat(Path::new("f")).unwrap());
         fs::remove_file(t.path().join("f")).unwrap();
         nix::unistd::mkfifo(&t.path().join("f"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = src.read_chunk(&v, 0, 4).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
+        // A folder: its read fails (EISDIR) before any check; still the version gone.
+        fs::remove_file(t.path().join("f")).unwrap();
+        fs::create_dir(t.path().join("f")).unwrap();
         let e = src.read_chunk(&v, 0, 4).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
     }
