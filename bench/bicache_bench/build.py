@@ -4,7 +4,7 @@ Binaries are copied into BENCH_DIR/bin, so a rebuild of the work tree during a r
 change them. Three ways to get bicache (slowfs always comes from the same source):
   default        `cargo build --release --bin bicache --example slowfs` in the work tree
                  (CARGO_TARGET_DIR is honoured), commit = HEAD + whether the tree is dirty
-  --bicache-rev  `git archive REV` built in BENCH_DIR/src-<commit> (own target dir)
+  --bicache-rev  `git archive REV` unpacked in BENCH_DIR/src-rev, built in BENCH_DIR/target-rev
   --bicache-bin  a prebuilt bicache binary (slowfs is still built from the work tree)
 """
 
@@ -54,19 +54,24 @@ def _cargo_build(cwd, target, what, logf):
 
 
 def build_rev(rev, bench_dir, logf, with_slowfs=True):
-    """Builds bicache (and slowfs) from a commit; returns (dir with the binaries, short)."""
+    """Builds bicache (and slowfs) from a commit; returns (dir with the binaries, short).
+
+    Every commit is unpacked into the same folder with fresh file times (`tar -m`), so the
+    shared target dir rebuilds what changed: cargo decides freshness by the file times of
+    the paths it built from, and a commit unpacked elsewhere with its commit times looked
+    already built, which silently ran the previous commit's binary. Callers copy the
+    binaries out at once (BENCH_DIR/bin), before the next commit is built here."""
     full = git("rev-parse", "--verify", f"{rev}^{{commit}}")
     short = git("rev-parse", "--short", full)
-    src = os.path.join(bench_dir, f"src-{short}")
+    src = os.path.join(bench_dir, "src-rev")
     target = os.path.join(bench_dir, "target-rev")
-    if not os.path.exists(os.path.join(src, "Cargo.toml")):
-        shutil.rmtree(src, ignore_errors=True)
-        os.makedirs(src)
-        archive = subprocess.Popen(["git", "-C", str(REPO), "archive", full],
-                                   stdout=subprocess.PIPE)
-        subprocess.run(["tar", "-x", "-C", src], stdin=archive.stdout, check=True)
-        if archive.wait() != 0:
-            die(f"git archive {full} failed")
+    shutil.rmtree(src, ignore_errors=True)
+    os.makedirs(src)
+    archive = subprocess.Popen(["git", "-C", str(REPO), "archive", full],
+                               stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-m", "-C", src], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        die(f"git archive {full} failed")
     what = ["--bin", "bicache"] + (["--example", "slowfs"] if with_slowfs else [])
     _cargo_build(src, target, what, logf)
     return os.path.join(target, "release"), short
