@@ -230,6 +230,17 @@ fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Opens the file an O_PATH descriptor refers to, with `flags`, through its
+/// `/proc/self/fd/N` link: the same inode, with no path resolved again.
+pub fn reopen_path_fd(fd: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(nix::fcntl::open(
+        Path::new(&path),
+        (flags | OFlag::O_CLOEXEC) & !OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )?)
+}
+
 /// `/proc/self/fd/N` for a descriptor: a path the xattr calls (which have no *at form
 /// before Linux 6.13) can use without resolving anything again.
 pub fn proc_fd_path(fd: BorrowedFd<'_>) -> Vec<u8> {

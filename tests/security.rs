@@ -36,7 +36,8 @@ fn nobody_reads(path: &std::path::Path) -> CmdOut {
 
 /// The attack of issue 9: make a folder, let the mount see it, swap it for a symlink into
 /// a folder only root may enter, read through the mount. Once for a folder only looked up
-/// (stat), once for a folder listed (ls) with a decoy of the same name inside.
+/// (stat), once for a folder listed (ls) with a decoy of the same name inside. The secret
+/// must never be read, by nobody or by root.
 #[test]
 fn a_folder_swapped_for_a_symlink_never_leads_outside_the_source() {
     if !fuse_or_skip() {
@@ -105,7 +106,15 @@ fn a_folder_swapped_for_a_symlink_never_leads_outside_the_source() {
             "{variant}: nobody read root's file through the mount: {}",
             out.describe()
         );
-        assert!(!out.status.success(), "{variant}: {}", out.describe());
+        // What the mount may give instead of an error is the decoy: the file the listing's
+        // lookup resolved (and showed), reopened as that very inode wherever it went,
+        // just as its bytes would be served had they been cached before the swap.
+        let decoy_read = variant == "listed" && out.status.success() && out.stdout == "decoy\n";
+        assert!(
+            !out.status.success() || decoy_read,
+            "{variant}: {}",
+            out.describe()
+        );
         // Root, too, gets nothing from outside the source through this path.
         let root_read = fs::read(through_mount.join("secret.txt"));
         assert!(
