@@ -136,6 +136,14 @@ fn a_fifo_swapped_in_for_a_file_gives_an_error_not_a_hang() {
     let m = s.mount(&["--disk", "16MiB", "--chunk-size", "64KiB"]);
     // The mount learns the file's attributes (kept for the metadata TTL).
     assert_eq!(fs::metadata(m.path("data.bin")).unwrap().len(), 300_000);
+    // Lookups of as many other files: the source descriptor that lookup kept is gone, so
+    // the read below opens the path and finds the FIFO. (With it, the read gets the
+    // unlinked file the lookup resolved, whole: `source::tests`.)
+    for i in 0..bicache::source::LOOKED_UP {
+        let name = format!("other{i}");
+        fs::write(s.src.join(&name), b"x").unwrap();
+        fs::metadata(m.path(&name)).unwrap();
+    }
     fs::remove_file(s.src.join("data.bin")).unwrap();
     nix::unistd::mkfifo(&s.src.join("data.bin"), nix::sys::stat::Mode::S_IRWXU).unwrap();
     let started = Instant::now();

@@ -48,7 +48,7 @@ pub fn mark_background_thread() {
 const OPEN_FILES: usize = 256;
 /// How many files just stat-ed keep the O_PATH descriptor of their lookup, for a read
 /// that follows (bounded like `OPEN_FILES`).
-const LOOKED_UP: usize = 256;
+pub const LOOKED_UP: usize = 256;
 
 /// What kind of entry a path is at the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -276,9 +276,10 @@ impl SourceDir<'_> {
 type OpenSlot = Arc<OnceLock<Result<OpenFile, i32>>>;
 
 /// A source descriptor, and whether it is known to have opened the version it is kept
-/// for. That is proven by the `fstat` after its first read rather than by one before it:
-/// the same call then also shows that nothing changed the file during the read, so
-/// opening a file and reading it whole costs one metadata request less.
+/// for: from the start when it reopens the inode a lookup stat-ed as that version, else
+/// once the `fstat` after its first read shows the whole version. That one call also
+/// shows that nothing changed the file during the read, so a path-opened file read whole
+/// costs one metadata request less than with a check before the read too.
 struct OpenFile {
     file: File,
     proven: AtomicBool,
@@ -290,12 +291,13 @@ pub struct Source {
     open_files: Mutex<LruCache<FileVersion, OpenSlot>>,
     /// O_PATH descriptors of regular files `lstat` resolved, by the version it saw. A
     /// reader's open of such a file reopens the descriptor instead of resolving the path
-    /// again: over a network filesystem that saves a lookup per path component (2 of the
-    /// 9 requests a cold file read costs over the benchmark's slow source).
+    /// again: over a network filesystem that saves a lookup per path component, and the
+    /// inode is that version's by construction (TUNING.md: 9 -> 6 requests per cold file
+    /// read over the benchmark's slow source).
     looked_up: Mutex<LruCache<FileVersion, OwnedFd>>,
     stats: Arc<Stats>,
     /// `--immutable`: the source promises not to change; reads skip the check after each
-    /// read, except the first read of each descriptor (which proves what it opened).
+    /// read, except the first read of a path opened (which proves what it opened).
     immutable: bool,
 }
 
@@ -514,6 +516,7 @@ impl Source {
             // The file the lookup resolved, if it is still at hand: the same inode,
             // without resolving its path again.
             let looked_up = self.looked_up.lock().pop(file);
+            let proven = looked_up.is_some();
             looked_up
                 .map_or_else(
                     || self.beneath.open_at(&file.path, flags),
@@ -521,7 +524,7 @@ impl Source {
                 )
                 .map(|fd| OpenFile {
                     file: File::from(fd),
-                    proven: AtomicBool::new(false),
+                    proven: AtomicBool::new(proven),
                 })
                 .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
         });
@@ -598,6 +601,8 @@ mod tests {
             let stats = Arc::new(Stats::default());
             let src = Source::open(t.path(), stats.clone(), immutable).unwrap();
             let v = FileVersion::of("f".into(), &src.lstat(Path::new("f")).unwrap());
+            // The path opened afresh, not the file the lookup resolved.
+            src.looked_up.lock().clear();
             let ops = || stats.source_meta_ops.load(Relaxed);
             let before = ops();
             // Open and read whole: the open and one fstat, which checks both what was
@@ -614,6 +619,7 @@ mod tests {
             fs::write(t.path().join("f"), b"version one").unwrap();
             let src = Source::open(t.path(), Arc::new(Stats::default()), immutable).unwrap();
             let v = FileVersion::of("f".into(), &src.lstat(Path::new("f")).unwrap());
+            src.looked_up.lock().clear();
             fs::write(t.path().join("tmp"), b"version two").unwrap();
             fs::rename(t.path().join("tmp"), t.path().join("f")).unwrap();
             let e = src.read_chunk(&v, 0, 100).unwrap_err();
@@ -628,22 +634,40 @@ mod tests {
     #[test]
     fn a_read_after_a_lookup_opens_the_file_the_lookup_resolved() {
         let t = tempfile::tempdir().unwrap();
-        fs::create_dir(t.path().join("a")).unwrap();
-        fs::write(t.path().join("a/f"), b"the bytes").unwrap();
-        let stats = Arc::new(Stats::default());
-        let src = Source::open(t.path(), stats.clone(), false).unwrap();
-        let v = FileVersion::of("a/f".into(), &src.lstat(Path::new("a/f")).unwrap());
-        // Its folder renamed after the lookup: a path-based open would find nothing; the
-        // descriptor of the lookup still reaches the same, unchanged file.
-        fs::rename(t.path().join("a"), t.path().join("b")).unwrap();
-        assert_eq!(&src.read_chunk(&v, 0, 100).unwrap()[..], b"the bytes");
-        // lstat, open, and the fstat after the read.
-        assert_eq!(stats.source_meta_ops.load(Relaxed), 3);
-        // The descriptor is used once: the next open (after this one is dropped)
-        // resolves the path again.
-        src.open_files.lock().clear();
-        let e = src.read_chunk(&v, 0, 100).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        for immutable in [false, true] {
+            let _ = fs::remove_dir_all(t.path().join("b"));
+            fs::create_dir(t.path().join("a")).unwrap();
+            fs::write(t.path().join("a/f"), b"the bytes").unwrap();
+            let stats = Arc::new(Stats::default());
+            let src = Source::open(t.path(), stats.clone(), immutable).unwrap();
+            let v = FileVersion::of("a/f".into(), &src.lstat(Path::new("a/f")).unwrap());
+            // Its folder renamed after the lookup: a path-based open would find nothing;
+            // the descriptor of the lookup still reaches the same, unchanged file.
+            fs::rename(t.path().join("a"), t.path().join("b")).unwrap();
+            assert_eq!(&src.read_chunk(&v, 0, 100).unwrap()[..], b"the bytes");
+            // lstat, open, and (but under --immutable: that inode is the version by
+            // construction) the fstat after the read.
+            let want = if immutable { 2 } else { 3 };
+            assert_eq!(stats.source_meta_ops.load(Relaxed), want);
+            // The descriptor is used once: the next open (after this one is dropped)
+            // resolves the path again.
+            src.open_files.lock().clear();
+            let e = src.read_chunk(&v, 0, 100).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        }
+        // Renamed over after the lookup (as rsync replaces a file): the open reads the
+        // version looked up, whole, as a descriptor opened before the rename would.
+        fs::write(t.path().join("f"), b"version one").unwrap();
+        let src = source(t.path());
+        let v = FileVersion::of("f".into(), &src.lstat(Path::new("f")).unwrap());
+        fs::write(t.path().join("tmp"), b"version two").unwrap();
+        fs::rename(t.path().join("tmp"), t.path().join("f")).unwrap();
+        assert_eq!(&src.read_chunk(&v, 0, 100).unwrap()[..], b"version one");
+        // Deleted, a FIFO in its place: the same (never the FIFO, never a hang).
+        let v = FileVersion::of("f".into(), &src.lstat(Path::new("f")).unwrap());
+        fs::remove_file(t.path().join("f")).unwrap();
+        nix::unistd::mkfifo(&t.path().join("f"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(&src.read_chunk(&v, 0, 100).unwrap()[..], b"version two");
         // A symlink is stat-ed as the link, and keeps nothing.
         std::os::unix::fs::symlink("b/f", t.path().join("l")).unwrap();
         assert_eq!(src.lstat(Path::new("l")).unwrap().kind(), Kind::Symlink);
