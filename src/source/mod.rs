@@ -514,14 +514,13 @@ impl Source {
             // read() (which comes before the check that it is the file: `holds_version`).
             let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
             // The file the lookup resolved, if it is still at hand: the same inode,
-            // without resolving its path again.
+            // without resolving its path again. If that reopen fails (no /proc, a stale
+            // network handle), the path is resolved as if there were none.
             let looked_up = self.looked_up.lock().pop(file);
-            let proven = looked_up.is_some();
-            looked_up
-                .map_or_else(
-                    || self.beneath.open_at(&file.path, flags),
-                    |fd| beneath::reopen_path_fd(fd.as_fd(), flags),
-                )
+            let reopened = looked_up.and_then(|fd| beneath::reopen_path_fd(fd.as_fd(), flags).ok());
+            let proven = reopened.is_some();
+            reopened
+                .map_or_else(|| self.beneath.open_at(&file.path, flags), Ok)
                 .map(|fd| OpenFile {
                     file: File::from(fd),
                     proven: AtomicBool::new(proven),
@@ -668,7 +667,22 @@ mod tests {
         fs::remove_file(t.path().join("f")).unwrap();
         nix::unistd::mkfifo(&t.path().join("f"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert_eq!(&src.read_chunk(&v, 0, 100).unwrap()[..], b"version two");
+        // A kept descriptor that cannot be reopened (here: one of a symlink): the path is
+        // opened instead.
+        fs::create_dir(t.path().join("a")).unwrap();
+        fs::write(t.path().join("a/f"), b"the bytes").unwrap();
+        let src = source(t.path());
+        let v = FileVersion::of("a/f".into(), &src.lstat(Path::new("a/f")).unwrap());
+        std::os::unix::fs::symlink("f", t.path().join("a/l")).unwrap();
+        let link = src
+            .beneath
+            .open_at(Path::new("a/l"), OFlag::O_PATH)
+            .unwrap();
+        assert!(beneath::reopen_path_fd(link.as_fd(), OFlag::O_RDONLY).is_err());
+        src.looked_up.lock().put(v.clone(), link);
+        assert_eq!(&src.read_chunk(&v, 0, 100).unwrap()[..], b"the bytes");
         // A symlink is stat-ed as the link, and keeps nothing.
+        src.looked_up.lock().clear();
         std::os::unix::fs::symlink("b/f", t.path().join("l")).unwrap();
         assert_eq!(src.lstat(Path::new("l")).unwrap().kind(), Kind::Symlink);
         assert_eq!(src.looked_up.lock().len(), 0);
