@@ -233,9 +233,10 @@ fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
 /// Opens the file an O_PATH descriptor refers to, with `flags`, through its
 /// `/proc/self/fd/N` link: the same inode, with no path resolved again.
 pub fn reopen_path_fd(fd: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    use std::os::unix::ffi::OsStrExt;
+    let path = proc_fd_path(fd);
     Ok(nix::fcntl::open(
-        Path::new(&path),
+        Path::new(OsStr::from_bytes(&path)),
         (flags | OFlag::O_CLOEXEC) & !OFlag::O_NOFOLLOW,
         Mode::empty(),
     )?)
