@@ -4,6 +4,10 @@
 //! - A reader whose read follows its previous one is sequential: it gets whole chunks,
 //!   and a readahead window that doubles (up to 32 MiB, set in `daemon::serve`) of chunks ahead fetched
 //!   by the fetch threads, so source latency overlaps the reader's own work.
+//! - The kernel sends a file's readahead as several requests at once, and the FUSE threads
+//!   can take them out of order. A stream with readahead going keeps it through up to
+//!   `REORDER_READS` reads in a row that land out of place (fetched whole, nothing queued),
+//!   so one swapped pair does not turn a stream into a random reader fetching units.
 //! - A reader that starts at offset 0 gets whole chunks too: that is how whole-file epoch
 //!   readers begin, and it keeps their amplification at 1.
 //! - Any other reader (h5py slices, parquet column chunks, memmap gathers) gets only the
@@ -28,6 +32,14 @@ pub struct Stream {
     queued_until: AtomicU64,
     /// Reads in a row that landed in the same chunk (locality without a stream).
     same_chunk: AtomicU64,
+    /// Where the stream's last read in place ended + 1: out-of-place reads leave it, so
+    /// the one a swapped request was waiting for still continues the stream.
+    stream_end: AtomicU64,
+    /// Where the furthest of those out-of-place reads ended + 1: once the stream catches
+    /// up, the read after the one that overtook continues it too.
+    overtaken_end: AtomicU64,
+    /// Reads in a row that landed out of place while the stream kept its window.
+    out_of_place: AtomicU64,
 }
 
 /// A read that starts at most this far past where the previous one ended still continues
@@ -35,6 +47,9 @@ pub struct Stream {
 const STREAM_GAP: u64 = 32 << 10;
 /// Reads in a row within one chunk before a random reader gets whole chunks.
 const LOCALITY_RUN: u64 = 3;
+/// Out-of-place reads in a row a stream with readahead going (window of 2 or more) keeps
+/// its window through: the kernel has a few requests of a file in flight at once.
+const REORDER_READS: u64 = 3;
 
 /// What to fetch for a read that misses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +90,27 @@ pub fn advise(stream: &Stream, read: Span, max_window: u64, units_allowed: bool)
     } = read;
     let prev_next = stream.next_chunk.swap(last + 1, Relaxed);
     let prev_end = stream.next_offset.swap(end + 1, Relaxed);
-    // Where this read starts relative to where the last one ended: a stream goes on at
-    // (or a little after) that point.
-    let continues = prev_end > 0 && offset + 1 >= prev_end && offset + 1 - prev_end <= STREAM_GAP;
+    // Where this read starts relative to where a read ended: a stream goes on at (or a
+    // little after) that point. The last read, or the stream's last read in place when
+    // the last one was out of place (the kernel's requests taken out of order).
+    let follows = |p: u64| p > 0 && offset + 1 >= p && offset + 1 - p <= STREAM_GAP;
+    let stream_end = stream.stream_end.load(Relaxed);
+    let overtaken_end = stream.overtaken_end.load(Relaxed);
+    let continues = follows(prev_end) || follows(stream_end) || follows(overtaken_end);
     if !continues {
+        let window = stream.window.load(Relaxed);
+        if window >= 2 && stream.out_of_place.fetch_add(1, Relaxed) < REORDER_READS {
+            // Out of place in a stream with readahead going: most likely a request that
+            // overtook its neighbour. Whole chunks, the window kept, nothing queued.
+            stream.overtaken_end.fetch_max(end + 1, Relaxed);
+            return Advice {
+                fetch: Fetch::Whole,
+                readahead: 0..0,
+            };
+        }
+        stream.out_of_place.store(0, Relaxed);
+        stream.overtaken_end.store(0, Relaxed);
+        stream.stream_end.store(end + 1, Relaxed);
         stream.window.store(0, Relaxed);
         stream.queued_until.store(0, Relaxed);
         let run = if prev_next == first + 1 {
@@ -98,6 +130,14 @@ pub fn advise(stream: &Stream, read: Span, max_window: u64, units_allowed: bool)
         };
     }
     stream.same_chunk.store(0, Relaxed);
+    stream.out_of_place.store(0, Relaxed);
+    if follows(stream_end) || follows(overtaken_end) {
+        stream.stream_end.fetch_max(end + 1, Relaxed);
+    } else {
+        // Continuing only the last read: a new stream (the reader went back), start there.
+        stream.stream_end.store(end + 1, Relaxed);
+        stream.queued_until.store(0, Relaxed);
+    }
     // One read that continues the last is whole chunks; readahead starts with the second,
     // so a random reader that happens to land just after its last read fetches no more.
     let prev_window = stream.window.load(Relaxed);
@@ -160,6 +200,79 @@ mod tests {
             off += 1 << 20;
         }
         assert!(last_window >= 1, "readahead kept up");
+    }
+
+    #[test]
+    fn a_stream_keeps_its_window_through_requests_taken_out_of_order() {
+        const R: u64 = 128 << 10;
+        let s = Stream::default();
+        let mut off = 0;
+        let mut queued_until = 0;
+        for _ in 0..24 {
+            let a = read(&s, off, R);
+            assert_eq!(a.fetch, Fetch::Whole);
+            queued_until = queued_until.max(a.readahead.end);
+            off += R;
+        }
+        assert!(queued_until > 3, "readahead going: {queued_until}");
+        // The kernel's next two requests, taken in the wrong order, at a chunk boundary.
+        let (a, b) = (off, off + R);
+        let overtaker = read(&s, b, R);
+        assert_eq!(
+            overtaker,
+            Advice {
+                fetch: Fetch::Whole,
+                readahead: 0..0
+            }
+        );
+        let late = read(&s, a, R);
+        assert_eq!(late.fetch, Fetch::Whole);
+        // The stream goes on where the overtaker ended, readahead and all.
+        let next = read(&s, b + R, R);
+        assert_eq!(next.fetch, Fetch::Whole);
+        let mut off = b + 2 * R;
+        let mut more = next.readahead.end;
+        for _ in 0..16 {
+            let a = read(&s, off, R);
+            assert_eq!(a.fetch, Fetch::Whole);
+            more = more.max(a.readahead.end);
+            off += R;
+        }
+        assert!(
+            more > queued_until,
+            "readahead kept going: {more} vs {queued_until}"
+        );
+        // Three requests in flight, taken last first.
+        let base = off;
+        for k in [2, 1, 0, 3, 4] {
+            assert_eq!(read(&s, base + k * R, R).fetch, Fetch::Whole, "request {k}");
+        }
+        // A reader that leaves the stream for random reads: a few whole chunks, then units.
+        let fetches: Vec<Fetch> = [71, 13, 55, 29, 90, 41]
+            .into_iter()
+            .map(|c| read(&s, c * CS + 4096, 4096).fetch)
+            .collect();
+        let whole = REORDER_READS as usize;
+        assert!(
+            fetches[..whole].iter().all(|f| *f == Fetch::Whole),
+            "{fetches:?}"
+        );
+        assert!(
+            fetches[whole..].iter().all(|f| *f == Fetch::Units),
+            "{fetches:?}"
+        );
+        // ... and a reader going back to the start streams again.
+        let t = Stream::default();
+        for k in 0..24 {
+            read(&t, k * R, R);
+        }
+        for k in 0..8 {
+            assert_eq!(read(&t, k * R, R).fetch, Fetch::Whole);
+        }
+        assert!(
+            !read(&t, 8 * R, R).readahead.is_empty(),
+            "a new stream's readahead"
+        );
     }
 
     #[test]
