@@ -384,3 +384,107 @@ fn eviction_under_a_small_disk_budget_holds_it() {
     }
     assert!(stat(&m.stats(), "disk.evictions") > 0);
 }
+
+#[test]
+fn small_random_reads_that_fetched_a_quarter_of_a_chunk_get_the_rest_in_one_fetch() {
+    if !fuse_or_skip() {
+        return;
+    }
+    // 1 MiB chunks of 64 units of 16 KiB. A few random blocks pull one unit each; small
+    // reads covering a region densely (a whole random pass) pull the rest of a chunk once
+    // it was fetched in 16 pieces (a quarter of its units), instead of one request per read.
+    const UNIT: u64 = 16 << 10;
+    const CHUNK: u64 = 1 << 20;
+    let s = Scratch::new();
+    let want = s.file("pass.bin", 16 << 20, 21);
+    let m = s.mount(&ARGS);
+    let f = File::open(m.path("pass.bin")).unwrap();
+    let read_at = |at: u64| {
+        let mut buf = vec![0u8; 4096];
+        let n = read_full_at(&f, &mut buf, at).unwrap();
+        assert_bytes_eq(
+            &buf[..n],
+            &want[at as usize..at as usize + 4096],
+            &format!("{at}"),
+        );
+    };
+    let pulled = || stat(&m.stats(), "source.bytes");
+    // Chunks 1-8 get 16 of their 64 units (every fourth), chunk 9 only 8; interleaved,
+    // so no two reads in a row fall in one chunk (that would count as locality).
+    for k in 0..16u64 {
+        for c in 1..=9u64 {
+            if c == 9 && k >= 8 {
+                continue;
+            }
+            read_at(c * CHUNK + k * 4 * UNIT + 4096);
+        }
+    }
+    assert_eq!(
+        pulled(),
+        (8 * 16 + 8) * UNIT,
+        "one unit per read: {}",
+        m.stats()
+    );
+    m.settle();
+    // A new unit in each quarter-held chunk: the whole chunk; in chunk 9: one unit.
+    let before = pulled();
+    for c in 1..=8u64 {
+        read_at(c * CHUNK + 2 * UNIT);
+    }
+    let dense = pulled() - before;
+    assert_eq!(
+        dense,
+        8 * CHUNK,
+        "quarter-held chunks fetched whole: {}",
+        m.stats()
+    );
+    let before = pulled();
+    read_at(9 * CHUNK + 2 * UNIT);
+    assert_eq!(pulled() - before, UNIT, "an eighth-held chunk: one unit");
+    // Everything in chunks 1-8 is now held: no more source reads.
+    m.settle();
+    let before = pulled();
+    let mut rng = XorShift::new(3);
+    for _ in 0..200 {
+        let c = 1 + rng.below(8);
+        read_at(c * CHUNK + rng.below(CHUNK / 4096) * 4096);
+    }
+    assert_eq!(
+        pulled(),
+        before,
+        "the dense chunks were complete: {}",
+        m.stats()
+    );
+    // 128 KiB reads: two make a quarter of the units, but a chunk goes whole only after
+    // as many fetches as a quarter of its units (16), which 128 KiB reads never reach:
+    // each pulls its own units (short random runs touch many chunks several times).
+    let g = File::open(m.path("pass.bin")).unwrap();
+    unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&g),
+            0,
+            0,
+            libc::POSIX_FADV_RANDOM,
+        )
+    };
+    let read_128k = |at: u64| {
+        let mut buf = vec![0u8; 128 << 10];
+        let n = read_full_at(&g, &mut buf, at).unwrap();
+        assert_eq!(n, 128 << 10);
+        assert_bytes_eq(&buf, &want[at as usize..at as usize + n], &format!("{at}"));
+    };
+    // Alternating between two chunks (three reads in a row in one chunk would count as
+    // locality).
+    for (k, unit) in [0u64, 16, 32, 48, 8, 24].into_iter().enumerate() {
+        for c in [12, 13] {
+            let before = pulled();
+            read_128k(c * CHUNK + unit * UNIT);
+            assert_eq!(
+                pulled() - before,
+                8 * UNIT,
+                "128 KiB read {k}: its units only"
+            );
+        }
+        m.settle();
+    }
+}
