@@ -132,7 +132,14 @@ pub fn advise(stream: &Stream, read: Span, max_window: u64, units_allowed: bool)
     stream.same_chunk.store(0, Relaxed);
     stream.out_of_place.store(0, Relaxed);
     if follows(stream_end) || follows(overtaken_end) {
-        stream.stream_end.fetch_max(end + 1, Relaxed);
+        let now = stream.stream_end.fetch_max(end + 1, Relaxed).max(end + 1);
+        if overtaken_end > 0 && now >= overtaken_end {
+            // Caught up with the reads that overtook: nothing out of place to remember
+            // (only the value seen is cleared; another read may have set a new one).
+            let _ = stream
+                .overtaken_end
+                .compare_exchange(overtaken_end, 0, Relaxed, Relaxed);
+        }
     } else {
         // Continuing only the last read: a new stream (the reader went back), start there.
         stream.stream_end.store(end + 1, Relaxed);
@@ -242,6 +249,7 @@ mod tests {
             more > queued_until,
             "readahead kept going: {more} vs {queued_until}"
         );
+        assert_eq!(s.overtaken_end.load(Relaxed), 0, "caught up: forgotten");
         // Three requests in flight, taken last first.
         let base = off;
         for k in [2, 1, 0, 3, 4] {
