@@ -14,7 +14,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
@@ -211,35 +211,24 @@ fn is_symlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
         .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK)
 }
 
-/// Opens the object `fd` refers to afresh with other flags (e.g. an O_PATH descriptor
-/// of the root, for reading it as a directory).
-fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
-    let dot = c".";
-    // Safety: a plain openat on a valid descriptor; the result is checked.
-    let raw = unsafe {
-        libc::openat(
-            fd.as_raw_fd(),
-            dot.as_ptr(),
-            (flags & !OFlag::O_NOFOLLOW).bits(),
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
+/// Opens the object an O_PATH descriptor refers to afresh with other flags: the same
+/// inode, with no path resolved again. A directory (the root, to list it) is opened as
+/// its own "."; anything else through its `/proc/self/fd/N` link (a regular file a lookup
+/// resolved, to read it).
+pub fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
+    let flags = (flags | OFlag::O_CLOEXEC) & !OFlag::O_NOFOLLOW;
+    match nix::fcntl::openat(fd, ".", flags, Mode::empty()) {
+        Err(nix::Error::ENOTDIR) => {
+            use std::os::unix::ffi::OsStrExt;
+            let path = proc_fd_path(fd);
+            Ok(nix::fcntl::open(
+                Path::new(OsStr::from_bytes(&path)),
+                flags,
+                Mode::empty(),
+            )?)
+        }
+        r => Ok(r?),
     }
-    // Safety: openat returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// Opens the file an O_PATH descriptor refers to, with `flags`, through its
-/// `/proc/self/fd/N` link: the same inode, with no path resolved again.
-pub fn reopen_path_fd(fd: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = proc_fd_path(fd);
-    Ok(nix::fcntl::open(
-        Path::new(OsStr::from_bytes(&path)),
-        (flags | OFlag::O_CLOEXEC) & !OFlag::O_NOFOLLOW,
-        Mode::empty(),
-    )?)
 }
 
 /// `/proc/self/fd/N` for a descriptor: a path the xattr calls (which have no *at form

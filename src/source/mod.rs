@@ -517,7 +517,7 @@ impl Source {
             // without resolving its path again. If that reopen fails (no /proc, a stale
             // network handle), the path is resolved as if there were none.
             let looked_up = self.looked_up.lock().pop(file);
-            let reopened = looked_up.and_then(|fd| beneath::reopen_path_fd(fd.as_fd(), flags).ok());
+            let reopened = looked_up.and_then(|fd| beneath::reopen(fd.as_fd(), flags).ok());
             let proven = reopened.is_some();
             reopened
                 .map_or_else(|| self.beneath.open_at(&file.path, flags), Ok)
@@ -678,7 +678,7 @@ mod tests {
             .beneath
             .open_at(Path::new("a/l"), OFlag::O_PATH)
             .unwrap();
-        assert!(beneath::reopen_path_fd(link.as_fd(), OFlag::O_RDONLY).is_err());
+        assert!(beneath::reopen(link.as_fd(), OFlag::O_RDONLY).is_err());
         src.looked_up.lock().put(v.clone(), link);
         assert_eq!(&src.read_chunk(&v, 0, 100).unwrap()[..], b"the bytes");
         // A symlink is stat-ed as the link, and keeps nothing.
