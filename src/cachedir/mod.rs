@@ -134,18 +134,7 @@ impl PrivateDir {
 
     /// Replaces `name` with `data` atomically: written to a temporary name, synced, renamed.
     pub fn write_atomic(&self, name: &str, data: &[u8]) -> io::Result<()> {
-        let tmp = format!(".{name}.tmp-{}", std::process::id());
-        let write = || -> io::Result<()> {
-            let mut f = self.open_file(&tmp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)?;
-            f.write_all(data)?;
-            f.sync_data()?;
-            self.rename(&tmp, name)
-        };
-        let res = write();
-        if res.is_err() {
-            let _ = self.remove_file(&tmp);
-        }
-        res
+        self.write_atomic_with(name, |w| w.write_all(data))
     }
 
     /// Replaces `name` with what `write` writes, atomically (a temporary name, synced,
@@ -155,7 +144,11 @@ impl PrivateDir {
         name: &str,
         write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<()> {
-        let tmp = format!(".{name}.tmp-{}", std::process::id());
+        // Unique per call: two writers of one name (mounts starting together, threads)
+        // must not rename each other's half-written file or find theirs gone.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = format!(".{name}.tmp-{}.{n}", std::process::id());
         let result = (|| -> io::Result<()> {
             let f = self.open_file(&tmp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)?;
             let mut w = io::BufWriter::with_capacity(1 << 20, f);
@@ -325,24 +318,38 @@ impl CacheDir {
             path: requested.to_path_buf(),
             fd,
         };
+        let bicache_mark = |text: &[u8]| text.windows(7).any(|w| w == b"bicache");
         let how = if created {
             Claim::Created
         } else {
             match dir.read(MARKER) {
-                Ok(Some(text)) if text.windows(7).any(|w| w == b"bicache") => Claim::Marked,
+                Ok(Some(text)) if bicache_mark(&text) => Claim::Marked,
                 Ok(Some(_)) => return Ok(None),
                 Err(e) => return Err(bad(format!("{MARKER}: {e}"))),
                 Ok(None) => match dir.read(LEGACY_FORMAT_FILE) {
                     Ok(Some(t)) if t.starts_with(b"bicache-cache ") => Claim::Legacy,
                     _ => {
                         let names = dir.names().map_err(|e| bad(e.to_string()))?;
-                        // Another bicache that just made the folder may be writing its
-                        // mark: that folder is still empty of anything but bicache's.
+                        // Another bicache that just made the folder may have renamed its
+                        // mark in since the read above: read it again.
+                        if names.iter().any(|n| n == MARKER) {
+                            return match dir.read(MARKER) {
+                                Ok(Some(text)) if bicache_mark(&text) => Ok(Some(CacheDir {
+                                    dir,
+                                    fs,
+                                    how: Claim::Marked,
+                                })),
+                                Ok(_) => Ok(None),
+                                Err(e) => Err(bad(format!("{MARKER}: {e}"))),
+                            };
+                        }
+                        // Or still be writing it: that folder is still empty of anything
+                        // but bicache's.
                         let marker_tmp = format!(".{MARKER}.tmp-");
                         let ours = |n: &std::ffi::OsString| {
                             n.to_str()
                                 .and_then(|n| n.strip_prefix(&marker_tmp))
-                                .is_some_and(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+                                .is_some_and(|t| t.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
                         };
                         if !names.iter().all(ours) {
                             return Ok(None);
@@ -450,6 +457,23 @@ mod tests {
         );
         drop(c);
         assert_eq!(CacheDir::claim(&d).unwrap().how, Claim::Marked);
+    }
+
+    #[test]
+    fn mounts_claiming_a_new_folder_at_once_all_get_that_folder() {
+        // Ranks of a job start together and claim the node's shared lists folder at the
+        // same moment: one creates and marks it while the others look inside.
+        for round in 0..1000 {
+            let t = tempfile::tempdir().unwrap();
+            let d = t.path().join("lists");
+            let got: Vec<PathBuf> = std::thread::scope(|sc| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| sc.spawn(|| CacheDir::claim(&d).map(|c| c.path().to_path_buf())))
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+            });
+            assert!(got.iter().all(|p| *p == d), "round {round}: {got:?}");
+        }
     }
 
     #[test]
