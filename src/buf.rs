@@ -3,32 +3,93 @@
 //! Why not `Vec<u8>`: a 1 MiB read into an unaligned buffer spans 257 pages, and a source
 //! that bypasses the page cache (FUSE with direct I/O, O_DIRECT-style network clients)
 //! splits it into two requests, each paying the source's latency. Aligned, it is one.
+//!
+//! Chunk-sized buffers come from 2 MiB regions the kernel may back with one huge page
+//! (`MADV_HUGEPAGE`): a cold pass that fills a 2 GiB RAM tier otherwise takes 512 page
+//! faults per 2 MiB, each zeroing 4 KiB, and on this machine that was a fifth of the
+//! daemon's CPU and 5-15% of a cold stream's throughput (docs/TUNING.md, "Huge pages").
 
 use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
+use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 use parking_lot::Mutex;
 
 const ALIGN: usize = 4096;
+/// The size of a transparent huge page on x86-64 and of a slab.
+const HUGE: usize = 2 << 20;
+/// Buffers of a size dividing `HUGE`, at least this big, are slots of a slab (at most 8
+/// per slab). Smaller ones are not worth a huge page between them.
+const MIN_SLOT: usize = 256 << 10;
 
-/// Bytes of freed mappings kept for reuse (see `Buf::for_read`). Counted by the cache in
+/// Bytes of freed memory kept for reuse (see `Buf::for_read`). Counted by the cache in
 /// the memory it sets aside from the RAM budget.
 pub const POOL_BYTES: usize = 16 << 20;
 /// And at most this many (each `take` scans them under a lock).
 const POOL_ENTRIES: usize = 64;
 
-/// Freed mappings, as (address, bytes). A fresh mapping costs a page fault per page at its
-/// first touch (256 per MiB) and a TLB flush when unmapped; at warm-read rates that is
-/// most of the CPU. A chunk read from the SSD tier usually replaces one just evicted from
-/// RAM, so a few recycled mappings go a long way.
+/// Freed buffers kept for reuse, and the slabs. A fresh page costs a fault and zeroing at
+/// its first touch and a TLB flush when unmapped; at warm-read rates that is most of the
+/// CPU. A chunk read from the SSD tier usually replaces one just evicted from RAM, so a
+/// few recycled buffers go a long way.
 static POOL: Mutex<Pool> = Mutex::new(Pool::new(POOL_BYTES));
 
+/// Where a buffer's memory came from, so that it goes back the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Nothing allocated (length 0).
+    Empty,
+    /// The global allocator (only when the kernel refuses mappings).
+    Heap,
+    /// A mapping of its own, exactly `cap` bytes.
+    Mapping,
+    /// A slot of a slab.
+    Slot,
+}
+
+/// Memory the pool hands back to the kernel, once its lock is released.
+#[derive(Debug, PartialEq, Eq)]
+enum Release {
+    /// munmap(address, bytes).
+    Unmap(usize, usize),
+    /// madvise(address, bytes, MADV_DONTNEED): the slot stays mapped, its pages go.
+    Discard(usize, usize),
+}
+
+/// A 2 MiB region cut into equal slots; bit i of each mask is slot i.
+struct Slab {
+    slot: usize,
+    /// Slots held by a `Buf`.
+    used: u8,
+    /// Free slots whose pages were discarded (the rest of the free slots are in the
+    /// pool's `free` list, resident).
+    discarded: u8,
+}
+
 struct Pool {
-    /// (address, bytes) of each kept mapping.
-    free: Vec<(usize, usize)>,
+    /// Freed memory kept resident, oldest first: (address, bytes, origin).
+    free: Vec<(usize, usize, Origin)>,
     bytes: usize,
     limit: usize,
+    /// Slabs by base address.
+    slabs: BTreeMap<usize, Slab>,
+    /// Slabs with a discarded slot, per slot size (may name slabs since filled or
+    /// unmapped: checked when taken).
+    holes: Vec<(usize, usize)>,
+}
+
+fn slab_of(addr: usize) -> usize {
+    addr & !(HUGE - 1)
+}
+
+fn bit(addr: usize, slot: usize) -> u8 {
+    1 << ((addr - slab_of(addr)) / slot)
+}
+
+/// Whether buffers of `cap` bytes are slab slots.
+fn is_slot(cap: usize) -> bool {
+    (MIN_SLOT..HUGE).contains(&cap) && HUGE.is_multiple_of(cap)
 }
 
 impl Pool {
@@ -37,42 +98,169 @@ impl Pool {
             free: Vec::new(),
             bytes: 0,
             limit,
+            slabs: BTreeMap::new(),
+            holes: Vec::new(),
         }
     }
 
-    /// A kept mapping of exactly `cap` bytes, if any.
-    fn take(&mut self, cap: usize) -> Option<usize> {
-        let i = self.free.iter().rposition(|&(_, c)| c == cap)?;
+    /// Kept memory of exactly `cap` bytes, the most recently freed first.
+    fn take(&mut self, cap: usize) -> Option<(usize, Origin)> {
+        let i = self.free.iter().rposition(|&(_, c, _)| c == cap)?;
+        let (addr, _, origin) = self.free.remove(i);
         self.bytes -= cap;
-        Some(self.free.remove(i).0)
+        if origin == Origin::Slot {
+            self.slabs
+                .get_mut(&slab_of(addr))
+                .expect("a kept slot's slab")
+                .used |= bit(addr, cap);
+        }
+        Some((addr, origin))
     }
 
-    /// Keeps a mapping, making room by dropping the oldest kept ones (a mix of odd sizes
-    /// must not crowd out the chunk-size mappings that keep coming back). Returns the
-    /// mappings the caller is to unmap.
-    fn give(&mut self, addr: usize, cap: usize) -> Vec<(usize, usize)> {
-        if cap > self.limit {
-            return vec![(addr, cap)];
+    /// A discarded slot of `cap` bytes (zero-filled at its next touch), if a slab has one.
+    fn take_discarded(&mut self, cap: usize) -> Option<usize> {
+        while let Some(i) = self.holes.iter().rposition(|&(_, c)| c == cap) {
+            let base = self.holes[i].0;
+            let Some(slab) = self.slabs.get_mut(&base).filter(|s| s.slot == cap) else {
+                self.holes.remove(i);
+                continue;
+            };
+            if slab.discarded == 0 {
+                self.holes.remove(i);
+                continue;
+            }
+            let b = slab.discarded.trailing_zeros() as usize;
+            slab.discarded &= !(1 << b);
+            slab.used |= 1 << b;
+            if slab.discarded == 0 {
+                self.holes.remove(i);
+            }
+            return Some(base + b * cap);
         }
-        let mut dropped = 0;
-        while self.bytes + cap > self.limit || self.free.len() - dropped >= POOL_ENTRIES {
-            self.bytes -= self.free[dropped].1;
-            dropped += 1;
-        }
-        let unmap = self.free.drain(..dropped).collect();
-        self.bytes += cap;
-        self.free.push((addr, cap));
-        unmap
+        None
     }
+
+    /// Registers a fresh slab at `base` cut into `cap`-byte slots: the first is the
+    /// caller's, the rest are kept as free (a huge page makes them resident with the
+    /// first).
+    fn add_slab(&mut self, base: usize, cap: usize) -> (usize, Vec<Release>) {
+        self.slabs.insert(
+            base,
+            Slab {
+                slot: cap,
+                used: 1,
+                discarded: 0,
+            },
+        );
+        for i in 1..HUGE / cap {
+            self.free.push((base + i * cap, cap, Origin::Slot));
+            self.bytes += cap;
+        }
+        (base, self.trim())
+    }
+
+    /// Keeps freed memory, making room by letting the oldest kept go (a mix of odd sizes
+    /// must not crowd out the chunk-size buffers that keep coming back).
+    fn give(&mut self, addr: usize, cap: usize, origin: Origin) -> Vec<Release> {
+        if origin == Origin::Slot {
+            self.slabs
+                .get_mut(&slab_of(addr))
+                .expect("a slot's slab")
+                .used &= !bit(addr, cap);
+        } else if cap > self.limit {
+            return vec![Release::Unmap(addr, cap)];
+        }
+        self.bytes += cap;
+        self.free.push((addr, cap, origin));
+        self.trim()
+    }
+
+    /// Lets the oldest kept memory go until the pool fits its limits. A slot goes back
+    /// with its whole slab once no slot of it is held, else its pages are discarded.
+    fn trim(&mut self) -> Vec<Release> {
+        let mut out = Vec::new();
+        while self.bytes > self.limit || self.free.len() > POOL_ENTRIES {
+            let (addr, cap, origin) = self.free.remove(0);
+            self.bytes -= cap;
+            if origin != Origin::Slot {
+                out.push(Release::Unmap(addr, cap));
+                continue;
+            }
+            let base = slab_of(addr);
+            let slab = self.slabs.get_mut(&base).expect("a kept slot's slab");
+            if slab.used != 0 {
+                slab.discarded |= bit(addr, cap);
+                self.holes.push((base, cap));
+                out.push(Release::Discard(addr, cap));
+                continue;
+            }
+            // Every other free slot of this slab is kept or discarded: all go with it.
+            self.slabs.remove(&base);
+            let before = self.free.len();
+            self.free
+                .retain(|&(a, _, o)| o != Origin::Slot || slab_of(a) != base);
+            self.bytes -= (before - self.free.len()) * cap;
+            out.push(Release::Unmap(base, HUGE));
+        }
+        out
+    }
+}
+
+fn release(work: Vec<Release>) {
+    for r in work {
+        // Safety: each range was mapped by `map` and no Buf or pool entry refers to it
+        // any more (a discarded slot is only handed out again by `take_discarded`).
+        unsafe {
+            match r {
+                Release::Unmap(addr, len) => libc::munmap(addr as *mut libc::c_void, len),
+                Release::Discard(addr, len) => {
+                    libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED)
+                }
+            }
+        };
+    }
+}
+
+/// A fresh anonymous mapping of `len` bytes; with `huge`, aligned to `HUGE` and advised to
+/// use huge pages (`len` a multiple of `HUGE`).
+fn map(len: usize, huge: bool) -> Option<usize> {
+    let span = if huge { len + HUGE } else { len };
+    // Safety: an anonymous private mapping; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED || p.is_null() {
+        return None;
+    }
+    let p = p as usize;
+    if !huge {
+        return Some(p);
+    }
+    // Keep the aligned `len` bytes inside the span; give back the ends.
+    let start = (p + HUGE - 1) & !(HUGE - 1);
+    let mut ends = vec![Release::Unmap(start + len, p + span - start - len)];
+    if start > p {
+        ends.push(Release::Unmap(p, start - p));
+    }
+    release(ends);
+    // Safety: advice on our own mapping; refused (THP off), it is a plain mapping.
+    unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    Some(start)
 }
 
 pub struct Buf {
     ptr: NonNull<u8>,
     len: usize,
-    /// Bytes allocated (0: nothing allocated).
+    /// Bytes allocated.
     cap: usize,
-    /// Mapped straight from the kernel (else from the global allocator).
-    mapped: bool,
+    origin: Origin,
 }
 
 // Safety: Buf owns its allocation exclusively, like Vec<u8>.
@@ -81,73 +269,69 @@ unsafe impl Sync for Buf {}
 
 impl Buf {
     /// A zero-filled buffer of `len` bytes starting on a page boundary.
-    ///
-    /// Mapped from the kernel directly: zero pages for free, and given back whole when the
-    /// chunk is evicted. Through malloc, chunks of small files (under its mmap threshold)
-    /// fragmented the heap: a 2 GiB RAM tier of small-file chunks peaked at 2.4 GiB RSS.
     pub fn zeroed(len: usize) -> Buf {
-        if len == 0 {
-            return Buf {
-                ptr: NonNull::dangling(),
-                len: 0,
-                cap: 0,
-                mapped: false,
-            };
-        }
-        let cap = len.div_ceil(ALIGN) * ALIGN;
-        // Safety: an anonymous private mapping; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                cap,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p != libc::MAP_FAILED
-            && let Some(ptr) = NonNull::new(p as *mut u8)
-        {
-            return Buf {
-                ptr,
-                len,
-                cap,
-                mapped: true,
-            };
-        }
-        // Out of mappings (vm.max_map_count): the allocator still works.
-        let layout = Layout::from_size_align(len, ALIGN).expect("chunk size fits a layout");
-        // Safety: the layout has a non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(ptr) else {
-            handle_alloc_error(layout)
-        };
-        Buf {
-            ptr,
-            len,
-            cap: len,
-            mapped: false,
-        }
+        let mut b = Buf::for_read(len);
+        b.fill(0);
+        b
     }
 
-    /// A buffer of `len` bytes to be filled by a read: like `zeroed`, but may reuse a freed
-    /// mapping, whose bytes are then whatever it held before (initialised, never
-    /// uninitialised memory). Callers overwrite it and `truncate` to what they filled.
+    /// A buffer of `len` bytes starting on a page boundary, to be filled by a read: its
+    /// bytes are zeros or whatever a freed buffer held (initialised, never uninitialised
+    /// memory). Callers overwrite it and `truncate` to what they filled.
+    ///
+    /// Mapped from the kernel, not from malloc: through malloc, chunks of small files
+    /// (under its mmap threshold) fragmented the heap, and a 2 GiB RAM tier of small-file
+    /// chunks peaked at 2.4 GiB RSS. Freed memory is given back whole, or kept in the pool.
     pub fn for_read(len: usize) -> Buf {
-        let cap = len.div_ceil(ALIGN) * ALIGN;
-        if cap > 0 {
-            let taken = POOL.lock().take(cap);
-            if let Some(addr) = taken {
-                return Buf {
-                    ptr: NonNull::new(addr as *mut u8).expect("pooled mappings are non-null"),
-                    len,
-                    cap,
-                    mapped: true,
-                };
-            }
+        if len == 0 {
+            return Buf::from_parts(
+                NonNull::<u8>::dangling().as_ptr() as usize,
+                0,
+                0,
+                Origin::Empty,
+            );
         }
-        Buf::zeroed(len)
+        let cap = len.div_ceil(ALIGN) * ALIGN;
+        let (kept, discarded) = {
+            let mut pool = POOL.lock();
+            match pool.take(cap) {
+                Some(k) => (Some(k), None),
+                None if is_slot(cap) => (None, pool.take_discarded(cap)),
+                None => (None, None),
+            }
+        };
+        if let Some((addr, origin)) = kept {
+            return Buf::from_parts(addr, len, cap, origin);
+        }
+        if let Some(addr) = discarded {
+            return Buf::from_parts(addr, len, cap, Origin::Slot);
+        }
+        if is_slot(cap) {
+            if let Some(base) = map(HUGE, true) {
+                let (addr, work) = POOL.lock().add_slab(base, cap);
+                release(work);
+                return Buf::from_parts(addr, len, cap, Origin::Slot);
+            }
+        } else if let Some(addr) = map(cap, cap.is_multiple_of(HUGE)) {
+            return Buf::from_parts(addr, len, cap, Origin::Mapping);
+        }
+        // Out of mappings (vm.max_map_count): the allocator still works.
+        let layout = Layout::from_size_align(cap, ALIGN).expect("chunk size fits a layout");
+        // Safety: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        if ptr.is_null() {
+            handle_alloc_error(layout)
+        }
+        Buf::from_parts(ptr as usize, len, cap, Origin::Heap)
+    }
+
+    fn from_parts(addr: usize, len: usize, cap: usize, origin: Origin) -> Buf {
+        Buf {
+            ptr: NonNull::new(addr as *mut u8).expect("buffers are non-null"),
+            len,
+            cap,
+            origin,
+        }
     }
 
     /// Shortens the visible length (the allocation stays).
@@ -159,7 +343,7 @@ impl Buf {
 impl Deref for Buf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // Safety: ptr is valid for cap >= len initialised (zeroed) bytes.
+        // Safety: ptr is valid for cap >= len initialised bytes.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
@@ -173,21 +357,20 @@ impl DerefMut for Buf {
 
 impl Drop for Buf {
     fn drop(&mut self) {
-        if self.mapped {
-            let unmap = POOL.lock().give(self.ptr.as_ptr() as usize, self.cap);
-            for (addr, cap) in unmap {
-                // Safety: each was mapped in `zeroed` with exactly this length, and is
-                // no longer referenced by any Buf or the pool.
-                unsafe { libc::munmap(addr as *mut libc::c_void, cap) };
-            }
-        } else if self.cap > 0 {
-            // Safety: allocated in `zeroed` with exactly this layout.
-            unsafe {
+        let addr = self.ptr.as_ptr() as usize;
+        match self.origin {
+            Origin::Empty => {}
+            // Safety: allocated in `for_read` with exactly this layout.
+            Origin::Heap => unsafe {
                 dealloc(
                     self.ptr.as_ptr(),
                     Layout::from_size_align_unchecked(self.cap, ALIGN),
                 )
-            };
+            },
+            Origin::Mapping | Origin::Slot => {
+                let work = POOL.lock().give(addr, self.cap, self.origin);
+                release(work);
+            }
         }
     }
 }
@@ -202,38 +385,111 @@ impl std::fmt::Debug for Buf {
 mod tests {
     use super::*;
 
+    const MIB: usize = 1 << 20;
+
     #[test]
     fn pool_reuses_same_size_mappings_and_drops_the_oldest() {
         let mut pool = Pool::new(3 * ALIGN);
-        assert!(pool.give(0x1000, ALIGN).is_empty());
-        assert!(pool.give(0x9000, 2 * ALIGN).is_empty());
+        let m = Origin::Mapping;
+        assert!(pool.give(0x1000, ALIGN, m).is_empty());
+        assert!(pool.give(0x9000, 2 * ALIGN, m).is_empty());
         assert_eq!(pool.take(3 * ALIGN), None, "only an exact size is reused");
         // Full: the oldest goes.
-        assert_eq!(pool.give(0x20000, ALIGN), vec![(0x1000, ALIGN)]);
-        assert_eq!(pool.take(2 * ALIGN), Some(0x9000));
+        assert_eq!(
+            pool.give(0x20000, ALIGN, m),
+            vec![Release::Unmap(0x1000, ALIGN)]
+        );
+        assert_eq!(pool.take(2 * ALIGN), Some((0x9000, m)));
         assert_eq!(pool.take(2 * ALIGN), None);
-        assert_eq!(pool.take(ALIGN), Some(0x20000));
+        assert_eq!(pool.take(ALIGN), Some((0x20000, m)));
         assert_eq!(pool.bytes, 0);
         // Larger than the whole pool: handed straight back.
-        assert_eq!(pool.give(0x40000, 4 * ALIGN), vec![(0x40000, 4 * ALIGN)]);
+        assert_eq!(
+            pool.give(0x40000, 4 * ALIGN, m),
+            vec![Release::Unmap(0x40000, 4 * ALIGN)]
+        );
     }
 
     #[test]
-    fn buffers_for_reads_are_aligned_and_sized() {
-        for len in [1usize, 4095, 4096, 1 << 20] {
+    fn a_slab_goes_back_whole_once_none_of_its_slots_is_held() {
+        let mut pool = Pool::new(MIB);
+        let base = 4 * HUGE;
+        assert_eq!(pool.add_slab(base, MIB), (base, vec![]));
+        assert_eq!(
+            pool.take(MIB),
+            Some((base + MIB, Origin::Slot)),
+            "the second slot is kept"
+        );
+        assert!(pool.give(base, MIB, Origin::Slot).is_empty());
+        // Both free and over the limit: the whole slab is unmapped, no slot of it kept.
+        assert_eq!(
+            pool.give(base + MIB, MIB, Origin::Slot),
+            vec![Release::Unmap(base, HUGE)]
+        );
+        assert!(pool.free.is_empty() && pool.slabs.is_empty());
+        assert_eq!(pool.bytes, 0);
+    }
+
+    #[test]
+    fn a_free_slot_beside_a_held_one_is_discarded_then_reused() {
+        let mut pool = Pool::new(MIB);
+        let (a, b) = (4 * HUGE, 8 * HUGE);
+        pool.add_slab(a, MIB);
+        assert_eq!(pool.take(MIB), Some((a + MIB, Origin::Slot)));
+        assert_eq!(pool.add_slab(b, MIB), (b, vec![]));
+        // Over the limit: the oldest kept slot (b's second) is discarded, as b's first is
+        // held; its slab stays.
+        assert_eq!(
+            pool.give(a, MIB, Origin::Slot),
+            vec![Release::Discard(b + MIB, MIB)]
+        );
+        assert_eq!(
+            pool.take_discarded(2 * MIB),
+            None,
+            "only the same slot size"
+        );
+        assert_eq!(pool.take_discarded(MIB), Some(b + MIB));
+        assert_eq!(pool.take_discarded(MIB), None);
+        assert_eq!(pool.slabs[&b].used, 0b11);
+        // Freed again, the slab's last slot takes the whole slab with it.
+        assert!(pool.give(b + MIB, MIB, Origin::Slot).len() == 1);
+        assert_eq!(
+            pool.give(b, MIB, Origin::Slot),
+            vec![Release::Unmap(b, HUGE)]
+        );
+    }
+
+    #[test]
+    fn only_chunk_like_sizes_are_slots() {
+        assert!(is_slot(MIB) && is_slot(MIB / 2) && is_slot(MIB / 4));
+        assert!(!is_slot(MIB / 8) && !is_slot(HUGE) && !is_slot(3 * MIB / 4));
+    }
+
+    #[test]
+    fn live_buffers_never_share_memory_while_others_come_and_go() {
+        // Real buffers through the global pool: slots, odd sizes and huge mappings, freed
+        // in an order that leaves slabs half held. Each keeps its own pattern.
+        let sizes = [MIB, MIB / 2, 300 << 10, HUGE, MIB, MIB / 4, 4096, MIB];
+        let mut live: Vec<(u8, Buf)> = Vec::new();
+        for round in 0..40u32 {
+            let len = sizes[round as usize % sizes.len()];
             let mut b = Buf::for_read(len);
-            assert_eq!(b.len(), len);
-            assert_eq!(b.as_ptr() as usize % ALIGN, 0);
-            b.fill(0x5a);
-            drop(b);
+            assert_eq!((b.len(), b.as_ptr() as usize % ALIGN), (len, 0));
+            let tag = (round % 251) as u8;
+            b.fill(tag);
+            live.push((tag, b));
+            if round % 3 == 2 {
+                live.remove((round as usize * 7) % live.len());
+            }
+            for (tag, b) in &live {
+                assert!(b.iter().all(|x| x == tag), "a live buffer was overwritten");
+            }
         }
-        // `zeroed` never hands out a recycled mapping.
-        assert!(Buf::zeroed(1 << 20).iter().all(|&x| x == 0));
     }
 
     #[test]
     fn aligned_zeroed_and_truncatable() {
-        for len in [0usize, 1, 4095, 4096, 1 << 20] {
+        for len in [0usize, 1, 4095, 4096, MIB, HUGE] {
             let mut b = Buf::zeroed(len);
             assert_eq!(b.len(), len);
             assert!(b.iter().all(|&x| x == 0));
