@@ -206,18 +206,34 @@ impl Pool {
     }
 }
 
-fn release(work: Vec<Release>) {
-    for r in work {
-        // Safety: each range was mapped by `map` and no Buf or pool entry refers to it
-        // any more (a discarded slot is only handed out again by `take_discarded`).
-        unsafe {
+/// Runs `f` on the pool and gives back the memory it lets go. Discards happen while the
+/// lock is still held: a discarded slot can be handed out again as soon as the lock is
+/// free, and discarding it then would zero its new owner's bytes. Unmaps happen after (an
+/// unmapped range is in no pool list, so nothing can take it meanwhile).
+fn with_pool<T>(f: impl FnOnce(&mut Pool) -> (T, Vec<Release>)) -> T {
+    let (out, unmaps) = {
+        let mut pool = POOL.lock();
+        let (out, work) = f(&mut pool);
+        let mut unmaps = Vec::new();
+        for r in work {
             match r {
-                Release::Unmap(addr, len) => libc::munmap(addr as *mut libc::c_void, len),
-                Release::Discard(addr, len) => {
-                    libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED)
-                }
+                // Safety: a free slot of a mapped slab; nobody holds it.
+                Release::Discard(addr, len) => unsafe {
+                    libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED);
+                },
+                Release::Unmap(addr, len) => unmaps.push((addr, len)),
             }
-        };
+        }
+        (out, unmaps)
+    };
+    unmap(unmaps);
+    out
+}
+
+fn unmap(ranges: Vec<(usize, usize)>) {
+    for (addr, len) in ranges {
+        // Safety: mapped by `map`, and no Buf or pool entry refers to it any more.
+        unsafe { libc::munmap(addr as *mut libc::c_void, len) };
     }
 }
 
@@ -245,11 +261,11 @@ fn map(len: usize, huge: bool) -> Option<usize> {
     }
     // Keep the aligned `len` bytes inside the span; give back the ends.
     let start = (p + HUGE - 1) & !(HUGE - 1);
-    let mut ends = vec![Release::Unmap(start + len, p + span - start - len)];
+    let mut ends = vec![(start + len, p + span - start - len)];
     if start > p {
-        ends.push(Release::Unmap(p, start - p));
+        ends.push((p, start - p));
     }
-    release(ends);
+    unmap(ends);
     // Safety: advice on our own mapping; refused (THP off), it is a plain mapping.
     unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
     Some(start)
@@ -308,8 +324,7 @@ impl Buf {
         }
         if is_slot(cap) {
             if let Some(base) = map(HUGE, true) {
-                let (addr, work) = POOL.lock().add_slab(base, cap);
-                release(work);
+                let addr = with_pool(|pool| pool.add_slab(base, cap));
                 return Buf::from_parts(addr, len, cap, Origin::Slot);
             }
         } else if let Some(addr) = map(cap, cap.is_multiple_of(HUGE)) {
@@ -368,8 +383,7 @@ impl Drop for Buf {
                 )
             },
             Origin::Mapping | Origin::Slot => {
-                let work = POOL.lock().give(addr, self.cap, self.origin);
-                release(work);
+                with_pool(|pool| ((), pool.give(addr, self.cap, self.origin)));
             }
         }
     }
@@ -485,6 +499,44 @@ mod tests {
                 assert!(b.iter().all(|x| x == tag), "a live buffer was overwritten");
             }
         }
+    }
+
+    #[test]
+    fn threads_freeing_and_taking_slots_never_lose_bytes() {
+        // Threads take and free chunk buffers in bursts, out of order, so that slots beside
+        // held ones are discarded while other threads take discarded slots: a discard that
+        // landed after its slot was handed out again would zero a live buffer.
+        std::thread::scope(|sc| {
+            for t in 0..4u64 {
+                sc.spawn(move || {
+                    let mut rng = t * 0x9e37_79b9 + 1;
+                    let mut next = || {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        rng
+                    };
+                    let mut live: Vec<(u8, Buf)> = Vec::new();
+                    // Bursts: a burst of frees overflows the pool (discards), a burst of
+                    // takes empties it and then takes discarded slots.
+                    for i in 0..60u32 {
+                        for j in 0..next() % 24 {
+                            let tag = ((i * 24 + j as u32) % 250) as u8 + 1;
+                            let mut b = Buf::for_read(MIB);
+                            b.fill(tag);
+                            live.push((tag, b));
+                        }
+                        for _ in 0..next() as usize % (live.len() + 1) {
+                            let (tag, b) = live.swap_remove(next() as usize % live.len());
+                            assert!(b.iter().all(|&x| x == tag), "a live buffer lost its bytes");
+                        }
+                    }
+                    for (tag, b) in live {
+                        assert!(b.iter().all(|&x| x == tag), "a live buffer lost its bytes");
+                    }
+                });
+            }
+        });
     }
 
     #[test]
