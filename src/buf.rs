@@ -57,9 +57,9 @@ enum Release {
     Discard(usize, usize),
 }
 
-/// A 2 MiB region cut into equal slots; bit i of each mask is slot i.
+/// A 2 MiB region cut into equal slots (their size is in each pool entry and hole naming
+/// it); bit i of each mask is slot i.
 struct Slab {
-    slot: usize,
     /// Slots held by a `Buf`.
     used: u8,
     /// Free slots whose pages were discarded (the rest of the free slots are in the
@@ -74,8 +74,7 @@ struct Pool {
     limit: usize,
     /// Slabs by base address.
     slabs: BTreeMap<usize, Slab>,
-    /// Slabs with a discarded slot, per slot size (may name slabs since filled or
-    /// unmapped: checked when taken).
+    /// (base, slot size) of each slab with a discarded slot, once each.
     holes: Vec<(usize, usize)>,
 }
 
@@ -119,25 +118,16 @@ impl Pool {
 
     /// A discarded slot of `cap` bytes (zero-filled at its next touch), if a slab has one.
     fn take_discarded(&mut self, cap: usize) -> Option<usize> {
-        while let Some(i) = self.holes.iter().rposition(|&(_, c)| c == cap) {
-            let base = self.holes[i].0;
-            let Some(slab) = self.slabs.get_mut(&base).filter(|s| s.slot == cap) else {
-                self.holes.remove(i);
-                continue;
-            };
-            if slab.discarded == 0 {
-                self.holes.remove(i);
-                continue;
-            }
-            let b = slab.discarded.trailing_zeros() as usize;
-            slab.discarded &= !(1 << b);
-            slab.used |= 1 << b;
-            if slab.discarded == 0 {
-                self.holes.remove(i);
-            }
-            return Some(base + b * cap);
+        let i = self.holes.iter().rposition(|&(_, c)| c == cap)?;
+        let base = self.holes[i].0;
+        let slab = self.slabs.get_mut(&base).expect("a hole's slab");
+        let b = slab.discarded.trailing_zeros() as usize;
+        slab.discarded &= !(1 << b);
+        slab.used |= 1 << b;
+        if slab.discarded == 0 {
+            self.holes.swap_remove(i);
         }
-        None
+        Some(base + b * cap)
     }
 
     /// Registers a fresh slab at `base` cut into `cap`-byte slots: the first is the
@@ -147,7 +137,6 @@ impl Pool {
         self.slabs.insert(
             base,
             Slab {
-                slot: cap,
                 used: 1,
                 discarded: 0,
             },
@@ -189,13 +178,16 @@ impl Pool {
             let base = slab_of(addr);
             let slab = self.slabs.get_mut(&base).expect("a kept slot's slab");
             if slab.used != 0 {
+                if slab.discarded == 0 {
+                    self.holes.push((base, cap));
+                }
                 slab.discarded |= bit(addr, cap);
-                self.holes.push((base, cap));
                 out.push(Release::Discard(addr, cap));
                 continue;
             }
             // Every other free slot of this slab is kept or discarded: all go with it.
             self.slabs.remove(&base);
+            self.holes.retain(|&(b, _)| b != base);
             let before = self.free.len();
             self.free
                 .retain(|&(a, _, o)| o != Origin::Slot || slab_of(a) != base);
@@ -440,7 +432,7 @@ mod tests {
             pool.give(base + MIB, MIB, Origin::Slot),
             vec![Release::Unmap(base, HUGE)]
         );
-        assert!(pool.free.is_empty() && pool.slabs.is_empty());
+        assert!(pool.free.is_empty() && pool.slabs.is_empty() && pool.holes.is_empty());
         assert_eq!(pool.bytes, 0);
     }
 
@@ -466,11 +458,46 @@ mod tests {
         assert_eq!(pool.take_discarded(MIB), None);
         assert_eq!(pool.slabs[&b].used, 0b11);
         // Freed again, the slab's last slot takes the whole slab with it.
-        assert!(pool.give(b + MIB, MIB, Origin::Slot).len() == 1);
+        assert_eq!(
+            pool.give(b + MIB, MIB, Origin::Slot),
+            vec![Release::Discard(a, MIB)]
+        );
         assert_eq!(
             pool.give(b, MIB, Origin::Slot),
             vec![Release::Unmap(b, HUGE)]
         );
+        // Meanwhile a's first slot went out of the pool beside its held second.
+        assert_eq!(pool.holes, vec![(a, MIB)]);
+    }
+
+    #[test]
+    fn an_unmapped_slab_leaves_no_hole_behind() {
+        let mut pool = Pool::new(MIB);
+        let (a, b) = (4 * HUGE, 8 * HUGE);
+        pool.add_slab(a, MIB);
+        // b's free slot pushes a's out: a's first is held, so a's second is discarded.
+        assert_eq!(
+            pool.add_slab(b, MIB),
+            (b, vec![Release::Discard(a + MIB, MIB)])
+        );
+        assert_eq!(pool.holes, vec![(a, MIB)]);
+        assert_eq!(
+            pool.give(a, MIB, Origin::Slot),
+            vec![Release::Discard(b + MIB, MIB)]
+        );
+        assert_eq!(pool.holes, vec![(a, MIB), (b, MIB)]);
+        // Nothing of a is held any more: a goes whole, its hole with it; then b.
+        assert_eq!(
+            pool.give(b, MIB, Origin::Slot),
+            vec![Release::Unmap(a, HUGE)]
+        );
+        assert_eq!(pool.holes, vec![(b, MIB)]);
+        assert_eq!(
+            pool.give(0x1000, MIB, Origin::Mapping),
+            vec![Release::Unmap(b, HUGE)]
+        );
+        assert!(pool.holes.is_empty() && pool.slabs.is_empty());
+        assert_eq!(pool.take_discarded(MIB), None);
     }
 
     #[test]
