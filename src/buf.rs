@@ -276,7 +276,9 @@ unsafe impl Send for Buf {}
 unsafe impl Sync for Buf {}
 
 impl Buf {
-    /// A zero-filled buffer of `len` bytes starting on a page boundary.
+    /// A zero-filled buffer of `len` bytes starting on a page boundary (for tests: reads
+    /// overwrite what they use, so production code takes `for_read`).
+    #[cfg(test)]
     pub fn zeroed(len: usize) -> Buf {
         let mut b = Buf::for_read(len);
         b.fill(0);
