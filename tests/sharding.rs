@@ -384,6 +384,56 @@ fn ranks_with_their_own_cache_dirs_walk_the_dataset_once() {
     assert_eq!(all.len(), files.len());
 }
 
+/// A manifest that gives sizes, made as docs/SHARDING.md says (`find -printf` under the
+/// header line): the same shards as the walk, and a mount stats only its own shard's
+/// files at the source, not the dataset's.
+#[test]
+fn a_sized_manifest_shards_like_the_walk_and_the_mount_stats_only_its_shard() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let files = dataset(&s);
+    let manifest = s.base.join("manifest.tsv");
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(r#"{ echo '# bicache-manifest: size path'; cd "$1" && find . -type f -printf '%s\t%P\n'; } > "$2""#)
+        .args(["sh", s.src.to_str().unwrap(), manifest.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let m_arg = manifest.to_str().unwrap();
+    let shard_args = ["--shard-index", "1", "--shard-count", "4", "--seed", "3"];
+    let walked = plan(&s, &shard_args);
+    let mut with_manifest = shard_args.to_vec();
+    with_manifest.extend(["--manifest", m_arg]);
+    assert_eq!(
+        plan(&s, &with_manifest),
+        walked,
+        "sized manifest against the walk"
+    );
+
+    with_manifest.extend(["--prefetch", "off", "--disk", "64MiB"]);
+    let m = s.mount(&with_manifest);
+    let ops = stat(&m.stats(), "source.meta_ops");
+    let listed = fs::read_to_string(m.path(".bicache/shard.txt")).unwrap();
+    let shard: Vec<String> = listed.lines().map(str::to_string).collect();
+    assert_eq!(shard, walked);
+    assert!(
+        ops <= shard.len() as u64 + 8 && ops < files.len() as u64 / 2,
+        "{ops} source metadata operations at mount for a shard of {} of {} files",
+        shard.len(),
+        files.len()
+    );
+    for f in &shard {
+        assert_bytes_eq(
+            &fs::read(m.path(f)).unwrap(),
+            &fs::read(s.src.join(f)).unwrap(),
+            f,
+        );
+    }
+}
+
 /// The recipes of docs/SHARDING.md (docs/recipes/) run as documented: plan + xargs,
 /// torchrun's and Slurm's variables, two "nodes" of two ranks, four zarr mounts.
 #[test]

@@ -44,7 +44,7 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
     let visible = AlwaysVisible::new(&sa.always_visible)?;
     // Before the (possibly long) listing, so a missing variable fails at once.
     let shard = resolve_shard(sa, &|k| std::env::var(k).ok())?;
-    let files = list_dataset(&source, sa.manifest.as_deref(), None)?;
+    let files = list_dataset(&source, sa.manifest.as_deref(), None)?.files;
     let plan = make_plan(files, &visible, shard.as_ref(), sa.seed, sizing.as_ref());
 
     let mut out = BufWriter::new(io::stdout().lock());

@@ -63,8 +63,18 @@ impl AlwaysVisible {
     }
 }
 
+/// The dataset's file list (`list_dataset`).
+pub struct Dataset {
+    /// Every regular file, sorted by path.
+    pub files: Vec<FileVersion>,
+    /// The list is a sized manifest's (`walk::SIZED_HEADER`): paths and sizes, no
+    /// versions; what a mount serves must be stat-ed (`walk::stat_listed`).
+    pub sized_manifest: bool,
+}
+
 /// Every regular file of the dataset, sorted by path: from `manifest` when given (each
-/// listed path lstat-ed), else a parallel walk of the source that does not follow symlinks.
+/// listed path lstat-ed, unless the manifest gives sizes), else a parallel walk of the
+/// source that does not follow symlinks.
 ///
 /// With `shared` the list is kept in a file there and reused: a walk while the source
 /// root's mtime is unchanged, a manifest's check while the manifest is. Mounts that share
@@ -78,19 +88,23 @@ pub fn list_dataset(
     source: &Source,
     manifest: Option<&Path>,
     shared: Option<&PrivateDir>,
-) -> Result<Vec<FileVersion>, String> {
+) -> Result<Dataset, String> {
     let canonical =
         fs::canonicalize(source.root_path()).unwrap_or_else(|_| source.root_path().to_path_buf());
-    let key = match manifest {
-        Some(m) => {
-            let bytes =
-                fs::read(m).map_err(|e| format!("cannot read manifest '{}': {e}", m.display()))?;
-            WalkKey {
-                source: canonical,
-                root_mtime_ns: xxhash_rust::xxh3::xxh3_64(&bytes) as i128,
-                what: "manifest",
-            }
-        }
+    let manifest = match manifest {
+        Some(m) => Some((
+            m,
+            fs::read(m).map_err(|e| format!("cannot read manifest '{}': {e}", m.display()))?,
+        )),
+        None => None,
+    };
+    let sized_manifest = manifest.as_ref().is_some_and(|(_, b)| walk::is_sized(b));
+    let key = match &manifest {
+        Some((_, bytes)) => WalkKey {
+            source: canonical,
+            root_mtime_ns: xxhash_rust::xxh3::xxh3_64(bytes) as i128,
+            what: "manifest",
+        },
         None => {
             // The key is taken before the walk: a change during the walk makes it stale.
             let root = source.lstat(Path::new("")).map_err(|e| {
@@ -106,17 +120,21 @@ pub fn list_dataset(
             }
         }
     };
-    let compute = || match manifest {
-        Some(m) => walk::read_manifest(source, m),
+    let compute = || match &manifest {
+        Some((m, bytes)) => walk::read_manifest(source, m, bytes),
         None => walk::walk(source),
     };
+    let dataset = |files| Dataset {
+        files,
+        sized_manifest,
+    };
     let Some(dir) = shared else {
-        return compute();
+        return compute().map(dataset);
     };
     // Another mount walking the same source: wait for its result rather than walk too.
     let _turn = take_turn(dir, &key);
     if let Some(files) = load_walk_cache(dir, &key) {
-        return Ok(files);
+        return Ok(dataset(files));
     }
     let files = compute()?;
     if let Err(e) = store_walk_cache(dir, &key, &files) {
@@ -126,7 +144,7 @@ pub fn list_dataset(
             dir.path().display()
         );
     }
-    Ok(files)
+    Ok(dataset(files))
 }
 
 /// Holds the lock of one list (`<name>.lock`), waiting for a mount that has it. No lock
@@ -238,7 +256,7 @@ mod tests {
 
     fn list(root: &Path, cache: Option<&PrivateDir>) -> Result<Vec<FileVersion>, String> {
         let src = Source::open(root, Arc::new(crate::stats::Stats::default()), false).unwrap();
-        list_dataset(&src, None, cache)
+        list_dataset(&src, None, cache).map(|d| d.files)
     }
 
     #[test]

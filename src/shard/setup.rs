@@ -11,7 +11,7 @@ use crate::cache::{ChunkCache, PinPolicy};
 use crate::cachedir::PrivateDir;
 use crate::cli::ShardArgs;
 use crate::meta::{ShardView, path_hash};
-use crate::source::{FileVersion, Source};
+use crate::source::{FileVersion, Source, walk};
 use crate::stats::Stats;
 
 /// What sharding gives the rest of the daemon.
@@ -60,16 +60,32 @@ pub fn for_mount(
         Some(d) => d,
         None => cfg.cache_dir,
     };
-    let files = list_dataset(source, sa.manifest.as_deref(), Some(keep))?;
+    let dataset = list_dataset(source, sa.manifest.as_deref(), Some(keep))?;
     info!(
-        files = files.len(),
+        files = dataset.files.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "dataset listed"
     );
     let visible = AlwaysVisible::new(&sa.always_visible)?;
     // The shard is fitted to the capacity tier (the SSD tier, RAM without one).
     let sizing = sizing_for(sa, cache.capacity())?;
-    let plan = make_plan(files, &visible, cfg.id, sa.seed, sizing.as_ref());
+    let mut plan = make_plan(dataset.files, &visible, cfg.id, sa.seed, sizing.as_ref());
+    if dataset.sized_manifest
+        && let Some(m) = sa.manifest.as_deref()
+    {
+        // Only this shard's files are stat-ed: the rest of the dataset costs the shared
+        // filesystem nothing at this mount.
+        let (files, resized) = walk::stat_listed(source, m, std::mem::take(&mut plan.files))?;
+        plan.files = files;
+        if resized > 0 {
+            warn!(
+                "{resized} of this shard's {} files have another size in SOURCE than \
+                 manifest {} gives; the shards were computed from the manifest's sizes",
+                plan.files.len(),
+                m.display()
+            );
+        }
+    }
     let line = summary(&plan, cfg.id, sizing.as_ref());
     if plan.cut {
         warn!("{line}");

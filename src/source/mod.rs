@@ -191,6 +191,19 @@ impl FileVersion {
         }
     }
 
+    /// A file known only by its path and size (a sized manifest's line), not stat-ed: no
+    /// version a read could be checked against. Used for the partition only, which needs
+    /// no more; what a mount serves or pins is stat-ed first (`walk::stat_listed`).
+    pub fn listed(path: PathBuf, size: u64) -> FileVersion {
+        FileVersion {
+            path,
+            size,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: 0,
+        }
+    }
+
     /// Whether the bytes of the file `st` describes (an open descriptor's fstat) are still
     /// this version's: same inode, size and mtime, and the same ctime unless the file is
     /// no longer linked. A rewrite in place that restores the mtime (`cp -p` onto the file,

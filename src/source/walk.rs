@@ -2,7 +2,6 @@
 //! paths of a manifest checked one by one. Used by sharding and prefetch.
 
 use std::ffi::OsStr;
-use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -181,9 +180,26 @@ pub fn normalize_rel(text: &[u8]) -> Result<PathBuf, &'static str> {
     Ok(out)
 }
 
-pub fn read_manifest(source: &Source, manifest: &Path) -> Result<Vec<FileVersion>, String> {
-    let data = fs::read(manifest)
-        .map_err(|e| format!("cannot read manifest '{}': {e}", manifest.display()))?;
+/// First line of a manifest whose lines are `SIZE<TAB>PATH` (what
+/// `find . -type f -printf '%s\t%P\n'` prints). Its files are not stat-ed to be listed:
+/// the partition uses the sizes given, and a mount stats only its own shard's files
+/// (`stat_listed`). Without it every line is a path, stat-ed here.
+pub const SIZED_HEADER: &[u8] = b"# bicache-manifest: size path";
+
+/// Whether manifest bytes start with `SIZED_HEADER`.
+pub fn is_sized(data: &[u8]) -> bool {
+    let first = data.split(|b| *b == b'\n').next().unwrap_or_default();
+    first.strip_suffix(b"\r").unwrap_or(first) == SIZED_HEADER
+}
+
+/// The files a manifest lists, sorted by path. A plain manifest's paths are lstat-ed (in
+/// parallel) and must be regular files; a sized one's are taken with their sizes as
+/// written, with no version (`FileVersion::listed`). A bad line fails with its number.
+pub fn read_manifest(
+    source: &Source,
+    manifest: &Path,
+    data: &[u8],
+) -> Result<Vec<FileVersion>, String> {
     let bad = |line: usize, text: &[u8], reason: &str| {
         format!(
             "manifest {} line {line}: '{}': {reason}",
@@ -191,54 +207,118 @@ pub fn read_manifest(source: &Source, manifest: &Path) -> Result<Vec<FileVersion
             show(text)
         )
     };
-    let mut entries: Vec<(usize, &[u8], PathBuf)> = Vec::new();
+    let sized = is_sized(data);
+    let mut entries: Vec<(usize, &[u8], PathBuf, u64)> = Vec::new();
     for (i, line) in data.split(|b| *b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() || line[0] == b'#' {
             continue;
         }
-        let rel = normalize_rel(line).map_err(|r| bad(i + 1, line, r))?;
-        entries.push((i + 1, line, rel));
+        let (size, path) = if sized {
+            let parsed = line.iter().position(|b| *b == b'\t').and_then(|tab| {
+                let digits = &line[..tab];
+                let size = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
+                digits
+                    .iter()
+                    .all(u8::is_ascii_digit)
+                    .then_some((size, &line[tab + 1..]))
+            });
+            parsed.ok_or_else(|| {
+                bad(
+                    i + 1,
+                    line,
+                    "expected SIZE<TAB>PATH (the first line says this manifest gives sizes)",
+                )
+            })?
+        } else {
+            (0, line)
+        };
+        let rel = normalize_rel(path).map_err(|r| bad(i + 1, line, r))?;
+        entries.push((i + 1, line, rel, size));
     }
-    let stats = par_map(&entries, |(_, _, rel)| source.lstat(rel));
     let mut files = Vec::with_capacity(entries.len());
-    // Errors in line order, so the message names the first bad line whatever the threads did.
-    for ((line, text, rel), st) in entries.into_iter().zip(stats) {
-        match st {
-            Ok(m) if m.is_file() => files.push(FileVersion::of(rel, &m)),
-            Ok(m) if m.kind() == Kind::Dir => {
-                return Err(bad(line, text, "is a directory, not a file"));
-            }
-            Ok(m) if m.kind() == Kind::Symlink => {
-                return Err(bad(
-                    line,
-                    text,
-                    "is a symlink (symlinks are not followed: list the file it points to)",
-                ));
-            }
-            Ok(_) => return Err(bad(line, text, "is not a regular file")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(bad(line, text, "no such file in SOURCE"));
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(bad(
-                    line,
-                    text,
-                    "a folder on its path is a symlink (symlinks are not followed)",
-                ));
-            }
-            Err(e) => return Err(bad(line, text, &e.to_string())),
+    if sized {
+        files.extend(
+            entries
+                .into_iter()
+                .map(|(_, _, rel, size)| FileVersion::listed(rel, size)),
+        );
+        sort_by_path(&mut files);
+        // Every node must see one size per path, whatever order its sort left them in.
+        if let Some(w) = files
+            .windows(2)
+            .find(|w| w[0].path == w[1].path && w[0].size != w[1].size)
+        {
+            return Err(format!(
+                "manifest {}: '{}' is listed twice, with sizes {} and {}",
+                manifest.display(),
+                show(w[0].path.as_os_str().as_bytes()),
+                w[0].size.min(w[1].size),
+                w[0].size.max(w[1].size)
+            ));
         }
+    } else {
+        let stats = par_map(&entries, |(_, _, rel, _)| source.lstat(rel));
+        // Errors in line order, so the message names the first bad line whatever the
+        // threads did.
+        for ((line, text, rel, _), st) in entries.into_iter().zip(stats) {
+            let st = listed_file(st).map_err(|r| bad(line, text, &r))?;
+            files.push(FileVersion::of(rel, &st));
+        }
+        sort_by_path(&mut files);
     }
-    sort_by_path(&mut files);
     // A file listed twice must not be counted (and assigned) twice.
     files.dedup_by(|a, b| a.path == b.path);
     Ok(files)
 }
 
+/// The versions of files a sized manifest listed (`read_manifest`), stat-ed now: the
+/// ones a mount serves from its cache, in the same order. A file that is not a regular
+/// file of SOURCE fails as a bad manifest line would. The sizes the plan used are
+/// returned with them; a file whose size differs is counted in the second value.
+pub fn stat_listed(
+    source: &Source,
+    manifest: &Path,
+    files: Vec<FileVersion>,
+) -> Result<(Vec<FileVersion>, usize), String> {
+    let stats = par_map(&files, |f| source.lstat(&f.path));
+    let mut resized = 0;
+    let mut out = Vec::with_capacity(files.len());
+    for (f, st) in files.into_iter().zip(stats) {
+        let st = listed_file(st).map_err(|r| {
+            format!(
+                "manifest {}: '{}': {r}",
+                manifest.display(),
+                show(f.path.as_os_str().as_bytes())
+            )
+        })?;
+        resized += usize::from(st.size() != f.size);
+        out.push(FileVersion::of(f.path, &st));
+    }
+    Ok((out, resized))
+}
+
+/// A listed path's lstat, if it is a regular file; else why it cannot be listed.
+fn listed_file(st: io::Result<super::Stat>) -> Result<super::Stat, String> {
+    match st {
+        Ok(m) if m.is_file() => Ok(m),
+        Ok(m) if m.kind() == Kind::Dir => Err("is a directory, not a file".into()),
+        Ok(m) if m.kind() == Kind::Symlink => {
+            Err("is a symlink (symlinks are not followed: list the file it points to)".into())
+        }
+        Ok(_) => Err("is not a regular file".into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err("no such file in SOURCE".into()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Err("a folder on its path is a symlink (symlinks are not followed)".into())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::MetadataExt;
     use std::sync::Arc;
 
@@ -304,7 +384,7 @@ mod tests {
         let (t, root) = tree();
         let m = t.path().join("manifest.txt");
         fs::write(&m, "# comment\n\na/one\r\n./a/b//two\ntop\na/one\n").unwrap();
-        let files = read_manifest(&source(&root), &m).unwrap();
+        let files = read(&source(&root), &m).unwrap();
         assert_eq!(names(&files), ["a/b/two", "a/one", "top"]);
         assert_eq!(files[0].size, 20);
 
@@ -319,15 +399,87 @@ mod tests {
             ("dirlink/one", "symlink"),
         ] {
             fs::write(&m, format!("top\n# c\n{line}\na/one\n")).unwrap();
-            let e = read_manifest(&source(&root), &m).unwrap_err();
+            let e = read(&source(&root), &m).unwrap_err();
             let want = format!("manifest {} line 3: '{line}': ", m.display());
             assert!(e.starts_with(&want), "{e}");
             assert!(e.contains(reason), "{e}");
         }
         fs::write(&m, b"top\nbad\x01\xffname\n").unwrap();
-        let e = read_manifest(&source(&root), &m).unwrap_err();
+        let e = read(&source(&root), &m).unwrap_err();
         assert!(e.contains("line 2: 'bad\\u{1}\u{fffd}name'"), "{e}");
-        let e = read_manifest(&source(&root), &t.path().join("nope")).unwrap_err();
+        let nope = t.path().join("nope");
+        let e = crate::shard::list_dataset(&source(&root), Some(&nope), None)
+            .err()
+            .unwrap();
         assert!(e.contains("cannot read manifest"), "{e}");
+    }
+
+    fn read(source: &Source, m: &Path) -> Result<Vec<FileVersion>, String> {
+        read_manifest(source, m, &fs::read(m).unwrap())
+    }
+
+    #[test]
+    fn a_sized_manifest_is_listed_without_a_stat_and_its_shard_stated_after() {
+        let (t, root) = tree();
+        let m = t.path().join("manifest.tsv");
+        let header = std::str::from_utf8(SIZED_HEADER).unwrap();
+        // Sizes as written (not the files' own), a comment, CRLF, "./", a repeat.
+        let text = format!("{header}\r\n# c\n999\ta/one\n20\t./a/b//two\n7\ttop\r\n999\ta/one\n");
+        fs::write(&m, text).unwrap();
+        let stats = Arc::new(crate::stats::Stats::default());
+        let src = Source::open(&root, stats.clone(), false).unwrap();
+        let ops = || stats.source_meta_ops.load(Ordering::Relaxed);
+        let before = ops();
+        let files = read(&src, &m).unwrap();
+        assert_eq!(ops(), before);
+        assert_eq!(names(&files), ["a/b/two", "a/one", "top"]);
+        let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+        assert_eq!(sizes, [20, 999, 7]);
+
+        // Stat-ed for serving: real versions, and the two wrong sizes counted.
+        let (files, resized) = stat_listed(&src, &m, files).unwrap();
+        assert_eq!(ops(), before + 3);
+        assert_eq!(resized, 2);
+        let one = fs::metadata(root.join("a/one")).unwrap();
+        assert_eq!((files[1].size, files[1].ino), (10, one.ino()));
+
+        for (line, reason) in [
+            ("12 top", "SIZE<TAB>PATH"),
+            ("top", "SIZE<TAB>PATH"),
+            ("-1\ttop", "SIZE<TAB>PATH"),
+            ("+1\ttop", "SIZE<TAB>PATH"),
+            ("99999999999999999999\ttop", "SIZE<TAB>PATH"),
+            ("\ttop", "SIZE<TAB>PATH"),
+            ("1\t/etc/passwd", "absolute"),
+            ("1\ta/../top", "'..'"),
+            ("1\t.bicache/x", "reserved"),
+        ] {
+            fs::write(&m, format!("{header}\n5\ttop\n{line}\n")).unwrap();
+            let e = read(&src, &m).unwrap_err();
+            let want = format!("manifest {} line 3: '", m.display());
+            assert!(e.starts_with(&want), "{line}: {e}");
+            assert!(e.contains(reason), "{line}: {e}");
+        }
+        fs::write(&m, format!("{header}\n5\ttop\n6\t./top\n")).unwrap();
+        let e = read(&src, &m).unwrap_err();
+        assert!(
+            e.contains("'top' is listed twice, with sizes 5 and 6"),
+            "{e}"
+        );
+        // Not checked when listed, but when this shard's files are stat-ed.
+        for (path, reason) in [
+            ("missing", "no such file"),
+            ("a/b", "directory"),
+            ("link", "symlink"),
+        ] {
+            fs::write(&m, format!("{header}\n1\t{path}\n")).unwrap();
+            let files = read(&src, &m).unwrap();
+            let e = stat_listed(&src, &m, files).unwrap_err();
+            let want = format!("manifest {}: '{path}': ", m.display());
+            assert!(e.starts_with(&want) && e.contains(reason), "{e}");
+        }
+        // Without the header on the first line, lines are paths.
+        fs::write(&m, format!("top\n{header}\n")).unwrap();
+        assert_eq!(names(&read(&src, &m).unwrap()), ["top"]);
     }
 }
