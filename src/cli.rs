@@ -114,7 +114,9 @@ pub struct ShardArgs {
     /// Seed of the shuffle that the partition is drawn from.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
-    /// File listing the dataset's relative paths, one a line (default: walk SOURCE).
+    /// File listing the dataset's relative paths, one a line (default: walk SOURCE); with
+    /// the first line `# bicache-manifest: size path`, `SIZE<TAB>PATH` lines (no stat of
+    /// the dataset: only this shard's files are stat-ed).
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
     /// restrict: listings show only this shard; all: everything.
