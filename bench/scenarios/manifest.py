@@ -174,7 +174,7 @@ def report(res, meta):
         L += table(["command", "wall time", "peak RSS", "RSS after", "source metadata ops",
                     "files in shard 0"], [
             ["`bicache plan`", f"{pl['seconds']:.1f} s", f"{pl['maxrss_kb'] / 1024:,.0f} MiB",
-             "-", "0 (nothing is stat-ed)", f"{pl['shard_files']:,}"],
+             "-", "0 (SOURCE held none of the files yet)", f"{pl['shard_files']:,}"],
             ["`bicache mount --prefetch off`", f"{mo['seconds']:.1f} s",
              f"{mo['hwm_kb'] / 1024:,.0f} MiB", f"{mo['rss_kb'] / 1024:,.0f} MiB",
              f"{mo['bc_meta']:,}", f"{mo['shard_files']:,}"]])
