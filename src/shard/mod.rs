@@ -128,7 +128,8 @@ pub fn list_dataset(
         files,
         sized_manifest,
     };
-    let Some(dir) = shared else {
+    // A sized manifest costs the source nothing to list: no list worth keeping.
+    let Some(dir) = shared.filter(|_| !sized_manifest) else {
         return compute().map(dataset);
     };
     // Another mount walking the same source: wait for its result rather than walk too.
@@ -304,6 +305,35 @@ mod tests {
         let gone = crate::cachedir::CacheDir::claim(&t.path().join("gone")).unwrap();
         fs::remove_dir_all(gone.path()).unwrap();
         assert_eq!(list(&root, Some(&gone)).unwrap().len(), first.len() + 2);
+    }
+
+    #[test]
+    fn a_sized_manifest_keeps_no_list_and_stats_nothing() {
+        let (t, root) = tree();
+        let dir = crate::cachedir::CacheDir::claim(&t.path().join("cache")).unwrap();
+        let m = t.path().join("manifest.tsv");
+        fs::write(&m, b"# bicache-manifest: size path\n5\ttop\n6\tnot/there\n").unwrap();
+        let stats = Arc::new(crate::stats::Stats::default());
+        let src = Source::open(&root, stats.clone(), false).unwrap();
+        let before = stats
+            .source_meta_ops
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let d = list_dataset(&src, Some(&m), Some(&dir)).unwrap();
+        assert!(d.sized_manifest);
+        let sizes: Vec<_> = d.files.iter().map(|f| (f.path.clone(), f.size)).collect();
+        assert_eq!(sizes, [("not/there".into(), 6), ("top".into(), 5)]);
+        assert_eq!(
+            stats
+                .source_meta_ops
+                .load(std::sync::atomic::Ordering::Relaxed),
+            before
+        );
+        let kept: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with("manifest-"))
+            .collect();
+        assert!(kept.is_empty(), "{kept:?}");
     }
 
     fn mode_bits(p: &Path) -> u32 {

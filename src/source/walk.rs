@@ -208,7 +208,10 @@ pub fn read_manifest(
         )
     };
     let sized = is_sized(data);
-    let mut entries: Vec<(usize, &[u8], PathBuf, u64)> = Vec::new();
+    // Plain: (line number, text, path) to stat; sized: straight to the list (at 10 M
+    // entries the difference is a gigabyte).
+    let mut entries: Vec<(usize, &[u8], PathBuf)> = Vec::new();
+    let mut files = Vec::new();
     for (i, line) in data.split(|b| *b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() || line[0] == b'#' {
@@ -234,15 +237,13 @@ pub fn read_manifest(
             (0, line)
         };
         let rel = normalize_rel(path).map_err(|r| bad(i + 1, line, r))?;
-        entries.push((i + 1, line, rel, size));
+        if sized {
+            files.push(FileVersion::listed(rel, size));
+        } else {
+            entries.push((i + 1, line, rel));
+        }
     }
-    let mut files = Vec::with_capacity(entries.len());
     if sized {
-        files.extend(
-            entries
-                .into_iter()
-                .map(|(_, _, rel, size)| FileVersion::listed(rel, size)),
-        );
         sort_by_path(&mut files);
         // Every node must see one size per path, whatever order its sort left them in.
         if let Some(w) = files
@@ -258,10 +259,11 @@ pub fn read_manifest(
             ));
         }
     } else {
-        let stats = par_map(&entries, |(_, _, rel, _)| source.lstat(rel));
+        let stats = par_map(&entries, |(_, _, rel)| source.lstat(rel));
+        files.reserve_exact(entries.len());
         // Errors in line order, so the message names the first bad line whatever the
         // threads did.
-        for ((line, text, rel, _), st) in entries.into_iter().zip(stats) {
+        for ((line, text, rel), st) in entries.into_iter().zip(stats) {
             let st = listed_file(st).map_err(|r| bad(line, text, &r))?;
             files.push(FileVersion::of(rel, &st));
         }
