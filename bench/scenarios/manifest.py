@@ -5,7 +5,7 @@ metadata request). bicache mounts shard 0 of `shards` (`--prefetch off`, so only
 listing is measured) three ways:
 
   walk          no manifest: SOURCE is walked (a listing per folder, an lstat per file)
-  manifest      a manifest of paths, one a line: each path lstat-ed
+  manifest      a manifest of paths, one a line: each file stat-ed (in its opened folder)
   sized         the same paths with their sizes (`SIZE<TAB>PATH` under the header line
                 `# bicache-manifest: size path`): only the shard's files are stat-ed
 

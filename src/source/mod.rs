@@ -396,6 +396,16 @@ impl Source {
         Ok(SourceDir { source: self, fd })
     }
 
+    /// Opens a directory to stat names in (`SourceDir::stat`), not to list: `O_PATH`, so
+    /// it needs only the search permission a path's lstat needs (one metadata operation).
+    pub fn dir_for_stats(&self, rel: &Path) -> io::Result<SourceDir<'_>> {
+        self.count_meta(1);
+        let fd = self
+            .beneath
+            .open_at(rel, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+        Ok(SourceDir { source: self, fd })
+    }
+
     pub fn read_link(&self, rel: &Path) -> io::Result<PathBuf> {
         self.count_meta(1);
         let fd = self.beneath.open_at(rel, OFlag::O_PATH)?;

@@ -259,7 +259,8 @@ pub fn read_manifest(
             ));
         }
     } else {
-        let stats = par_map(&entries, |(_, _, rel)| source.lstat(rel));
+        let rels: Vec<&Path> = entries.iter().map(|(_, _, rel)| rel.as_path()).collect();
+        let stats = stat_in_folders(source, &rels);
         files.reserve_exact(entries.len());
         // Errors in line order, so the message names the first bad line whatever the
         // threads did.
@@ -283,7 +284,8 @@ pub fn stat_listed(
     manifest: &Path,
     files: Vec<FileVersion>,
 ) -> Result<(Vec<FileVersion>, usize), String> {
-    let stats = par_map(&files, |f| source.lstat(&f.path));
+    let rels: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+    let stats = stat_in_folders(source, &rels);
     let mut resized = 0;
     let mut out = Vec::with_capacity(files.len());
     for (f, st) in files.into_iter().zip(stats) {
@@ -298,6 +300,55 @@ pub fn stat_listed(
         out.push(FileVersion::of(f.path, &st));
     }
     Ok((out, resized))
+}
+
+/// Names stat-ed in one opened folder at most: a flat folder of a million files is still
+/// spread over the threads.
+const STAT_BATCH: usize = 1024;
+
+/// lstat of each path (in their order), folder by folder: a folder is opened once per
+/// batch of its names and each name stat-ed in it, so a file costs one request at the
+/// source as in the walk. Resolving every path from the root instead costs a request per
+/// folder on the path, and over FUSE (slowfs) parallel resolutions through one folder
+/// made a 200,000-line manifest 4x slower than walking the tree (BENCHMARKS.md, "Sized
+/// manifests").
+fn stat_in_folders(source: &Source, rels: &[&Path]) -> Vec<io::Result<super::Stat>> {
+    let parent = |i: usize| rels[i].parent().unwrap_or(Path::new(""));
+    let mut order: Vec<usize> = (0..rels.len()).collect();
+    order.sort_by(|&a, &b| parent(a).cmp(parent(b)));
+    let batches: Vec<&[usize]> = order
+        .chunk_by(|&a, &b| parent(a) == parent(b))
+        .flat_map(|same| same.chunks(STAT_BATCH))
+        .collect();
+    let done = par_map(&batches, |batch| {
+        if let [i] = batch {
+            // One name: resolving its path costs what opening its folder would.
+            return vec![(*i, source.lstat(rels[*i]))];
+        }
+        let dir = source.dir_for_stats(parent(batch[0]));
+        batch
+            .iter()
+            .map(|&i| {
+                let name = rels[i].file_name().unwrap_or_default();
+                let st = match &dir {
+                    Ok(d) => d.stat(name),
+                    // io::Error is not Clone: the errno stands for it.
+                    Err(e) => Err(e.raw_os_error().map_or_else(
+                        || io::Error::new(e.kind(), e.to_string()),
+                        io::Error::from_raw_os_error,
+                    )),
+                };
+                (i, st)
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut out: Vec<Option<io::Result<super::Stat>>> = (0..rels.len()).map(|_| None).collect();
+    for (i, st) in done.into_iter().flatten() {
+        out[i] = Some(st);
+    }
+    out.into_iter()
+        .map(|st| st.unwrap_or_else(|| Err(io::Error::other("not stat-ed"))))
+        .collect()
 }
 
 /// A listed path's lstat, if it is a regular file; else why it cannot be listed.
@@ -389,6 +440,38 @@ mod tests {
         let files = read(&source(&root), &m).unwrap();
         assert_eq!(names(&files), ["a/b/two", "a/one", "top"]);
         assert_eq!(files[0].size, 20);
+
+        // Many names in one folder: the folder opened once, each name stat-ed in it.
+        let many: Vec<String> = (0..3000).map(|i| format!("flat/f{i}")).collect();
+        fs::create_dir(root.join("flat")).unwrap();
+        for (i, p) in many.iter().enumerate() {
+            fs::write(root.join(p), vec![1u8; i % 7]).unwrap();
+        }
+        fs::write(&m, many.join("\n")).unwrap();
+        let stats = Arc::new(crate::stats::Stats::default());
+        let src = Source::open(&root, stats.clone(), false).unwrap();
+        let files = read(&src, &m).unwrap();
+        assert_eq!(files.len(), 3000);
+        assert!(files.iter().all(|f| {
+            let i: usize = f.path.to_str().unwrap()[6..].parse().unwrap();
+            f.size == (i % 7) as u64 && f.ino == fs::metadata(root.join(&f.path)).unwrap().ino()
+        }));
+        let batches = 3000usize.div_ceil(STAT_BATCH) as u64;
+        assert_eq!(
+            stats.source_meta_ops.load(Ordering::Relaxed),
+            3000 + batches
+        );
+        fs::remove_dir_all(root.join("flat")).unwrap();
+        // A folder opened for several names that cannot be: each name fails as its path.
+        for (dir, reason) in [
+            ("dirlink", "a folder on its path is a symlink"),
+            ("nodir", "no such file"),
+            ("top", "Not a directory"),
+        ] {
+            fs::write(&m, format!("a/one\n{dir}/x\n{dir}/y\n")).unwrap();
+            let e = read(&source(&root), &m).unwrap_err();
+            assert!(e.contains(&format!("line 2: '{dir}/x': {reason}")), "{e}");
+        }
 
         for (line, reason) in [
             ("/etc/passwd", "absolute"),
