@@ -260,13 +260,22 @@ pub fn read_manifest(
         }
     } else {
         let rels: Vec<&Path> = entries.iter().map(|(_, _, rel)| rel.as_path()).collect();
-        let stats = stat_in_folders(source, &rels);
+        let stated = stat_in_folders(source, &rels);
         files.reserve_exact(entries.len());
-        // Errors in line order, so the message names the first bad line whatever the
-        // threads did.
-        for ((line, text, rel), st) in entries.into_iter().zip(stats) {
-            let st = listed_file(st).map_err(|r| bad(line, text, &r))?;
-            files.push(FileVersion::of(rel, &st));
+        // The first bad line in line order, whatever order the folders came back in.
+        let mut first_bad: Option<(usize, String)> = None;
+        for (i, st) in stated {
+            let (line, text, rel) = &mut entries[i];
+            match listed_file(st) {
+                Ok(st) => files.push(FileVersion::of(std::mem::take(rel), &st)),
+                Err(r) if first_bad.as_ref().is_none_or(|(l, _)| *line < *l) => {
+                    first_bad = Some((*line, bad(*line, text, &r)));
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some((_, e)) = first_bad {
+            return Err(e);
         }
         sort_by_path(&mut files);
     }
@@ -282,37 +291,43 @@ pub fn read_manifest(
 pub fn stat_listed(
     source: &Source,
     manifest: &Path,
-    files: Vec<FileVersion>,
+    mut files: Vec<FileVersion>,
 ) -> Result<(Vec<FileVersion>, usize), String> {
     let rels: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
-    let stats = stat_in_folders(source, &rels);
+    let stated = stat_in_folders(source, &rels);
     let mut resized = 0;
-    let mut out = Vec::with_capacity(files.len());
-    for (f, st) in files.into_iter().zip(stats) {
-        let st = listed_file(st).map_err(|r| {
-            format!(
-                "manifest {}: '{}': {r}",
-                manifest.display(),
-                show(f.path.as_os_str().as_bytes())
-            )
-        })?;
-        resized += usize::from(st.size() != f.size);
-        out.push(FileVersion::of(f.path, &st));
+    let mut first_bad: Option<(usize, String)> = None;
+    for (i, st) in stated {
+        let f = &mut files[i];
+        match listed_file(st) {
+            Ok(st) => {
+                resized += usize::from(st.size() != f.size);
+                *f = FileVersion::of(std::mem::take(&mut f.path), &st);
+            }
+            Err(r) if first_bad.as_ref().is_none_or(|(j, _)| i < *j) => {
+                let path = show(f.path.as_os_str().as_bytes());
+                first_bad = Some((i, format!("manifest {}: '{path}': {r}", manifest.display())));
+            }
+            Err(_) => {}
+        }
     }
-    Ok((out, resized))
+    match first_bad {
+        Some((_, e)) => Err(e),
+        None => Ok((files, resized)),
+    }
 }
 
 /// Names stat-ed in one opened folder at most: a flat folder of a million files is still
 /// spread over the threads.
 const STAT_BATCH: usize = 1024;
 
-/// lstat of each path (in their order), folder by folder: a folder is opened once per
+/// lstat of each path, folder by folder, each result with its path's index: a folder is opened once per
 /// batch of its names and each name stat-ed in it, so a file costs one request at the
 /// source as in the walk. Resolving every path from the root instead costs a request per
 /// folder on the path, and over FUSE (slowfs) parallel resolutions through one folder
 /// made a 200,000-line manifest 4x slower than walking the tree (BENCHMARKS.md, "Sized
 /// manifests").
-fn stat_in_folders(source: &Source, rels: &[&Path]) -> Vec<io::Result<super::Stat>> {
+fn stat_in_folders(source: &Source, rels: &[&Path]) -> Stated {
     let parent = |i: usize| rels[i].parent().unwrap_or(Path::new(""));
     let mut order: Vec<usize> = (0..rels.len()).collect();
     order.sort_by(|&a, &b| parent(a).cmp(parent(b)));
@@ -342,14 +357,12 @@ fn stat_in_folders(source: &Source, rels: &[&Path]) -> Vec<io::Result<super::Sta
             })
             .collect::<Vec<_>>()
     });
-    let mut out: Vec<Option<io::Result<super::Stat>>> = (0..rels.len()).map(|_| None).collect();
-    for (i, st) in done.into_iter().flatten() {
-        out[i] = Some(st);
-    }
-    out.into_iter()
-        .map(|st| st.unwrap_or_else(|| Err(io::Error::other("not stat-ed"))))
-        .collect()
+    // Handed out batch by batch, each freed once read: no second copy of 10 M stats.
+    done.into_iter().flatten()
 }
+
+/// `stat_in_folders`'s results: (index of the path, its lstat).
+type Stated = std::iter::Flatten<std::vec::IntoIter<Vec<(usize, io::Result<super::Stat>)>>>;
 
 /// A listed path's lstat, if it is a regular file; else why it cannot be listed.
 fn listed_file(st: io::Result<super::Stat>) -> Result<super::Stat, String> {
@@ -462,6 +475,10 @@ mod tests {
             3000 + batches
         );
         fs::remove_dir_all(root.join("flat")).unwrap();
+        // Two bad lines whose folders come back in the other order: the first is named.
+        fs::write(&m, "zz/x\ntop\na/nope\n").unwrap();
+        let e = read(&source(&root), &m).unwrap_err();
+        assert!(e.contains("line 1: 'zz/x'"), "{e}");
         // A folder opened for several names that cannot be: each name fails as its path.
         for (dir, reason) in [
             ("dirlink", "a folder on its path is a symlink"),
