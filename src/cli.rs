@@ -30,6 +30,9 @@ pub enum Command {
     },
     /// Print this shard's relative paths, one a line (no mount needed).
     Plan(PlanArgs),
+    /// Print a sized manifest of SOURCE (`SIZE<TAB>PATH` per file): made once, given to
+    /// every node as --manifest, it spares each mount a stat of every file.
+    Manifest { source: PathBuf },
     /// Wait until a mount's shard prefetch has finished, with a progress bar.
     Warm {
         mountpoint: PathBuf,

@@ -353,6 +353,76 @@ fn manifest_gives_the_same_shards_as_the_walk() {
     }
 }
 
+/// `bicache manifest SOURCE`: the sized manifest of the walk, byte for byte what the
+/// documented `find` line makes, and the same shards as the walk through `--manifest`.
+#[test]
+fn bicache_manifest_writes_the_sized_manifest_of_the_walk() {
+    let s = dataset();
+    let run = |src: &Path| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["manifest".as_ref(), src.as_os_str()]);
+        run_cmd(cmd, TIMEOUT).unwrap()
+    };
+    let out = run(&s.src);
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(out.stderr.contains("files"), "{}", out.stderr);
+    let text = out.stdout;
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("# bicache-manifest: size path"));
+    let listed: HashMap<PathBuf, u64> = lines
+        .map(|l| {
+            let (size, path) = l.split_once('\t').unwrap();
+            (PathBuf::from(path), size.parse().unwrap())
+        })
+        .collect();
+    let all: HashMap<PathBuf, u64> = regular_files(&s.src)
+        .into_iter()
+        .map(|p| {
+            let size = fs::metadata(s.src.join(&p)).unwrap().len();
+            (p, size)
+        })
+        .collect();
+    assert_eq!(listed, all);
+    // What the find line of docs/SHARDING.md makes, sorted the same way.
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(r#"cd "$1" && find . -type f -printf '%s\t%P\n' | LC_ALL=C sort -t "$(printf '\t')" -k2"#)
+        .args(["sh", s.src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let body: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    assert_eq!(body, String::from_utf8(found.stdout).unwrap());
+
+    let m = s.base.join("manifest.tsv");
+    fs::write(&m, &text).unwrap();
+    let walk = shards(&s.src, 4, 7);
+    for i in 0..4u64 {
+        let mut args = flags(i, 4, 7);
+        args.extend(["--manifest".to_string(), m.to_str().unwrap().to_string()]);
+        assert_eq!(plan(&s.src, &strs(&args)), walk[i as usize], "shard {i}");
+    }
+
+    // Bad input: one line naming the path, a non-zero exit, nothing on stdout.
+    let missing = s.base.join("no-such-dir");
+    let out = run(&missing);
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains(missing.to_str().unwrap()),
+        "{}",
+        out.stderr
+    );
+    s.write("d0/bad\nname", b"x");
+    let out = run(&s.src);
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("newline") && out.stderr.contains("d0/bad\\nname'"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
 #[test]
 fn always_visible_globs_and_bad_input() {
     let s = dataset();

@@ -2,6 +2,7 @@
 //! line on stderr, prefixed `bicache:`.
 
 pub mod control;
+pub mod manifest;
 pub mod plan;
 pub mod watch;
 
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> i32 {
             1,
         ),
         Command::Plan(args) => (plan::run(&args), 2),
+        Command::Manifest { source } => (manifest::run(&source), 2),
         Command::Warm { mountpoint, quiet } => (control::warm(&mountpoint, quiet), 1),
     };
     match result {

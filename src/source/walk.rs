@@ -145,7 +145,7 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
 }
 
 /// A manifest line's text for a message: one line, control characters escaped.
-fn show(bytes: &[u8]) -> String {
+pub fn show(bytes: &[u8]) -> String {
     let mut out = String::new();
     for c in String::from_utf8_lossy(bytes).chars() {
         if c.is_control() {
@@ -185,6 +185,19 @@ pub fn normalize_rel(text: &[u8]) -> Result<PathBuf, &'static str> {
 /// the partition uses the sizes given, and a mount stats only its own shard's files
 /// (`stat_listed`). Without it every line is a path, stat-ed here.
 pub const SIZED_HEADER: &[u8] = b"# bicache-manifest: size path";
+
+/// Why `path` cannot be written as a manifest line, if it cannot: a newline ends the
+/// line, and a carriage return at its end is read as part of a CRLF line end.
+pub fn unlistable(path: &Path) -> Option<&'static str> {
+    let b = path.as_os_str().as_bytes();
+    if b.contains(&b'\n') {
+        Some("its name holds a newline")
+    } else if b.ends_with(b"\r") {
+        Some("its name ends with a carriage return")
+    } else {
+        None
+    }
+}
 
 /// Whether manifest bytes start with `SIZED_HEADER`.
 pub fn is_sized(data: &[u8]) -> bool {
