@@ -20,6 +20,7 @@ Public API:
 - :func:`mount` -> :class:`Mount` (``.path``, ``.stats()``, ``.warm()``, ``.shard_files()``,
   ``.unmount()``; a context manager);
 - :func:`plan`: this shard's relative paths, without mounting;
+- :func:`write_manifest`: a sized manifest of the dataset, for ``manifest=``;
 - :class:`MountError`: raised when a ``bicache`` command fails (``str(e)`` is its
   one-line message, ``e.returncode`` its exit status);
 - :func:`find_binary`: the executable that is run (``BICACHE_BIN`` overrides it);
@@ -30,10 +31,19 @@ See docs/PYTHON.md.
 
 from __future__ import annotations
 
-from ._api import Mount, Size, mount, plan
+from ._api import Mount, Size, mount, plan, write_manifest
 from ._cli import MountError, find_binary
 
-__all__ = ["Mount", "MountError", "Size", "find_binary", "mount", "plan", "__version__"]
+__all__ = [
+    "Mount",
+    "MountError",
+    "Size",
+    "find_binary",
+    "mount",
+    "plan",
+    "write_manifest",
+    "__version__",
+]
 
 
 def _version() -> str:

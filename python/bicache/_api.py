@@ -587,3 +587,30 @@ def plan(
     flags += _extra(extra_args)
     out = run(["plan", *flags, "--", _path(source)], capture_stdout=True)
     return [os.fsdecode(line) for line in out.split(b"\n") if line]
+
+
+def write_manifest(source: StrPath, path: StrPath) -> int:
+    """Writes a sized manifest of ``source`` to ``path`` (``bicache manifest``).
+
+    Every regular file of the dataset as ``SIZE<TAB>PATH`` under the header line
+    ``# bicache-manifest: size path``: give it to every node as ``manifest=path``, and
+    each mount stats only its own shard's files instead of every file (docs/SHARDING.md,
+    "Sized manifests"). The file is replaced whole or not at all.
+
+    Returns:
+        The number of files listed.
+
+    Raises:
+        MountError: the CLI refused (missing source, a name that cannot be a line...).
+    """
+    out = run(["manifest", "--", _path(source)], capture_stdout=True)
+    target = os.fsdecode(os.fspath(path))
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(out)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out.count(b"\n") - 1

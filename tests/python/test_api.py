@@ -469,6 +469,25 @@ def test_plan_rank_from_torch_distributed(dataset: Dataset, monkeypatch) -> None
     )
 
 
+def test_write_manifest_gives_the_walk_s_shards(dataset: Dataset, tmp_path: Path) -> None:
+    m = tmp_path / "dataset.manifest"
+    assert bicache.write_manifest(dataset.root, m) == len(dataset.files)
+    lines = m.read_bytes().split(b"\n")
+    assert lines[0] == b"# bicache-manifest: size path"
+    sizes = dict(line.split(b"\t", 1)[::-1] for line in lines[1:] if line)
+    for name in dataset.files:
+        assert int(sizes[os.fsencode(name)]) == (dataset.root / name).stat().st_size
+    for i in range(3):
+        assert bicache.plan(dataset.root, shard_index=i, shard_count=3, seed=5, manifest=m) == (
+            bicache.plan(dataset.root, shard_index=i, shard_count=3, seed=5)
+        )
+    with pytest.raises(bicache.MountError) as info:
+        bicache.write_manifest(tmp_path / "nope", tmp_path / "other.manifest")
+    assert str(tmp_path / "nope") in str(info.value)
+    assert not (tmp_path / "other.manifest").exists()
+    assert sorted(p.name for p in tmp_path.glob("*manifest*")) == ["dataset.manifest"]
+
+
 def test_plan_missing_source(tmp_path: Path) -> None:
     with pytest.raises(bicache.MountError) as info:
         bicache.plan(tmp_path / "nope")
