@@ -1,5 +1,6 @@
-//! The dataset's file list, read through `Source`: a parallel walk of SOURCE, or the
-//! paths of a manifest checked one by one. Used by sharding and prefetch.
+//! The dataset's file list, read through `Source`: a parallel walk of SOURCE, the paths
+//! of a manifest stat-ed folder by folder, or a sized manifest's paths and sizes taken as
+//! written. Used by sharding and prefetch.
 
 use std::ffi::OsStr;
 use std::io;
@@ -299,8 +300,8 @@ pub fn read_manifest(
 
 /// The versions of files a sized manifest listed (`read_manifest`), stat-ed now: the
 /// ones a mount serves from its cache, in the same order. A file that is not a regular
-/// file of SOURCE fails as a bad manifest line would. The sizes the plan used are
-/// returned with them; a file whose size differs is counted in the second value.
+/// file of SOURCE fails as a bad manifest line would. The second value counts the files
+/// whose size is not the one listed (the one the partition used).
 pub fn stat_listed(
     source: &Source,
     manifest: &Path,
@@ -334,9 +335,9 @@ pub fn stat_listed(
 /// spread over the threads.
 const STAT_BATCH: usize = 1024;
 
-/// lstat of each path, folder by folder, each result with its path's index: a folder is opened once per
-/// batch of its names and each name stat-ed in it, so a file costs one request at the
-/// source as in the walk. Resolving every path from the root instead costs a request per
+/// lstat of each path, folder by folder, each result with its path's index: a folder is
+/// opened once per batch of its names and each name stat-ed in it, so a file costs one
+/// request at the source as in the walk. Resolving every path from the root instead costs a request per
 /// folder on the path, and over FUSE (slowfs) parallel resolutions through one folder
 /// made a 200,000-line manifest 4x slower than walking the tree (BENCHMARKS.md, "Sized
 /// manifests").
