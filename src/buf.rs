@@ -13,6 +13,8 @@ use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 
 use parking_lot::Mutex;
 
@@ -34,6 +36,15 @@ const POOL_ENTRIES: usize = 64;
 /// CPU. A chunk read from the SSD tier usually replaces one just evicted from RAM, so a
 /// few recycled buffers go a long way.
 static POOL: Mutex<Pool> = Mutex::new(Pool::new(POOL_BYTES));
+
+/// Whether aligned mappings ask for huge pages (`--huge-pages`); when not, they refuse
+/// them (`MADV_NOHUGEPAGE`), so THP `always` does not give them either.
+static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
+
+/// Sets `--huge-pages` for mappings made from now on.
+pub fn set_huge_pages(on: bool) {
+    HUGE_PAGES.store(on, Relaxed);
+}
 
 /// Where a buffer's memory came from, so that it goes back the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,8 +269,13 @@ fn map(len: usize, huge: bool) -> Option<usize> {
         ends.push((p, start - p));
     }
     unmap(ends);
+    let advice = if HUGE_PAGES.load(Relaxed) {
+        libc::MADV_HUGEPAGE
+    } else {
+        libc::MADV_NOHUGEPAGE
+    };
     // Safety: advice on our own mapping; refused (THP off), it is a plain mapping.
-    unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    unsafe { libc::madvise(start as *mut libc::c_void, len, advice) };
     Some(start)
 }
 

@@ -178,6 +178,11 @@ pub struct MountArgs {
         allow_hyphen_values = true
     )]
     pub chunk_size: String,
+    /// Ask for transparent huge pages for chunk buffers (fewer page faults when the RAM
+    /// tier fills). Off: they never get huge pages, whatever the system's THP setting (e.g.
+    /// to keep memory compaction stalls off the read path on a fragmented node).
+    #[arg(long, value_enum, value_name = "on|off", default_value = "on")]
+    pub huge_pages: OnOff,
     /// Stay attached and log to stderr; SIGINT/SIGTERM unmount cleanly.
     #[arg(long)]
     pub foreground: bool,

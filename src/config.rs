@@ -54,6 +54,8 @@ pub struct MountConfig {
     pub prefetch_threads: usize,
     pub pin: PinPolicy,
     pub passthrough: bool,
+    /// Chunk buffers ask for transparent huge pages (`buf::set_huge_pages`).
+    pub huge_pages: bool,
 }
 
 /// A user error: printed as one line, exit status 2.
@@ -299,6 +301,7 @@ impl MountConfig {
                 (CachePolicy::Pin, None) => PinPolicy::All,
             },
             passthrough: args.passthrough == OnOff::On,
+            huge_pages: args.huge_pages == OnOff::On,
             shard,
         })
     }

@@ -154,6 +154,7 @@ fn serve(cfg: &MountConfig, ready: Option<&mut Option<std::fs::File>>) -> Result
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
+    crate::buf::set_huge_pages(cfg.huge_pages);
     // Block the signals we handle before any thread starts, so all threads inherit the mask
     // and only the signal thread receives them.
     let mut signals = SigSet::empty();

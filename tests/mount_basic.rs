@@ -949,3 +949,41 @@ fn the_default_log_is_rotated_at_its_size_limit() {
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.is_empty() || text.ends_with('\n'));
 }
+
+/// The daemon's anonymous memory in transparent huge pages, in kB (`smaps_rollup`).
+fn anon_huge_kb(pid: i32) -> u64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("AnonHugePages:"))
+        .unwrap_or_else(|| panic!("no AnonHugePages in smaps_rollup:\n{text}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `--huge-pages off`: chunk buffers never get transparent huge pages, whatever the THP
+/// mode; on (the default) they do where THP is not `never`. Bytes are right either way.
+#[test]
+fn huge_pages_off_keeps_chunk_buffers_in_small_pages() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let s = Scratch::new();
+    let want = s.file("big.bin", 48 << 20, 9);
+    let thp = fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    for (flag, huge) in [("off", false), ("on", true)] {
+        let m = s.mount(&["--ram", "256MiB", "--disk", "0", "--huge-pages", flag]);
+        assert_file_eq(&m.path("big.bin"), &want, "big.bin");
+        let kb = anon_huge_kb(m.pid);
+        if huge {
+            if !thp.contains("[never]") {
+                assert!(
+                    kb > 0,
+                    "--huge-pages on, THP '{}': no huge pages",
+                    thp.trim()
+                );
+            }
+        } else {
+            assert_eq!(kb, 0, "--huge-pages off, THP '{}'", thp.trim());
+        }
+    }
+}

@@ -351,6 +351,7 @@ def mount(
     fuse_threads: Optional[int] = None,
     fetch_threads: Optional[int] = None,
     passthrough: Optional[bool] = None,
+    huge_pages: Optional[bool] = None,
     cache_policy: Optional[Literal["pin", "lru"]] = None,
     shard: Optional[ShardMode] = None,
     shard_index: Optional[int] = None,
@@ -400,6 +401,7 @@ def mount(
             limit): the default log is rotated once, a ``log_file`` stops there.
         fuse_threads, fetch_threads, prefetch_threads: thread counts of the daemon.
         passthrough: FUSE passthrough on/off (``--passthrough on|off``).
+        huge_pages: transparent huge pages for chunk buffers (``--huge-pages on|off``).
         cache_policy: ``"pin"`` or ``"lru"`` (``--cache-policy``).
         shard: ``"none"``, ``"rank"``, ``"node"`` or ``"disk"`` (``--shard``): which group
             this mount serves. With ``"rank"`` and no ``shard_index``/``shard_count``, an
@@ -459,6 +461,8 @@ def mount(
         flags.append("--fetch-threads=" + _integer("fetch_threads", fetch_threads))
     if passthrough is not None:
         flags.append("--passthrough=" + ("on" if passthrough else "off"))
+    if huge_pages is not None:
+        flags.append("--huge-pages=" + ("on" if huge_pages else "off"))
     if cache_policy is not None:
         flags.append("--cache-policy=" + _choice("cache_policy", cache_policy, ("pin", "lru")))
     flags += _shard_flags(
