@@ -110,8 +110,10 @@ pub fn make_plan(
     seed: u64,
     sizing: Option<&Sizing>,
 ) -> Plan {
-    let (mut always_visible, mut rest): (Vec<_>, Vec<_>) =
-        files.into_iter().partition(|f| visible.matches(&f.path));
+    // Taken out in place: a partition into two new lists would hold the dataset twice.
+    let mut rest = files;
+    let mut always_visible: Vec<FileVersion> =
+        rest.extract_if(.., |f| visible.matches(&f.path)).collect();
     sort_files(&mut always_visible);
     always_visible.dedup_by(|a, b| a.path == b.path);
     // Sorted first, so the caller's order (readdir order differs between nodes) never matters.
