@@ -607,14 +607,18 @@ def write_manifest(source: StrPath, path: StrPath) -> int:
     Raises:
         MountError: the CLI refused (missing source, a name that cannot be a line...).
     """
-    out = run(["manifest", "--", _path(source)], capture_stdout=True)
     target = os.fsdecode(os.fspath(path))
     tmp = f"{target}.tmp-{os.getpid()}"
+    lines = 0
     try:
+        # Straight to the file: a 10 M-file manifest is hundreds of MB.
         with open(tmp, "wb") as f:
-            f.write(out)
+            run(["manifest", "--", _path(source)], stdout_to=f)
+        with open(tmp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                lines += block.count(b"\n")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return out.count(b"\n") - 1
+    return lines - 1

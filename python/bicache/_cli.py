@@ -13,7 +13,7 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import BinaryIO, List, Optional, Sequence, Union
 
 __all__ = ["MountError", "find_binary", "run", "is_mounted"]
 
@@ -147,8 +147,11 @@ def run(
     capture_stdout: bool = False,
     capture_stderr: bool = True,
     timeout: Optional[float] = None,
+    stdout_to: Optional[BinaryIO] = None,
 ) -> bytes:
     """Run ``bicache ARGS...``; return its standard output (``b""`` unless captured).
+
+    ``stdout_to``: a binary file the output is written to instead (not captured).
 
     Standard error goes to a temporary file rather than a pipe, so that no process which
     inherits it (the mount's daemon) can keep this call waiting for end-of-file.
@@ -165,7 +168,13 @@ def run(
             proc = subprocess.run(
                 command,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+                stdout=(
+                    stdout_to
+                    if stdout_to is not None
+                    else subprocess.PIPE
+                    if capture_stdout
+                    else subprocess.DEVNULL
+                ),
                 stderr=err if capture_stderr else None,
                 timeout=timeout,
                 check=False,
