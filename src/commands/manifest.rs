@@ -1,6 +1,5 @@
 //! `bicache manifest SOURCE`: a sized manifest of SOURCE on stdout, for `--manifest`.
 
-use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,23 +23,17 @@ pub fn run(source: &Path) -> Result<(), String> {
             ));
         }
     }
-    let mut out = BufWriter::new(io::stdout().lock());
-    let written = out
-        .write_all(walk::SIZED_HEADER)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| {
-            files.iter().try_for_each(|f| {
-                write!(out, "{}\t", f.size)?;
-                out.write_all(f.path.as_os_str().as_bytes())?;
-                out.write_all(b"\n")
-            })
+    let whole = super::to_stdout("the manifest", |out| {
+        out.write_all(walk::SIZED_HEADER)?;
+        out.write_all(b"\n")?;
+        files.iter().try_for_each(|f| {
+            write!(out, "{}\t", f.size)?;
+            out.write_all(f.path.as_os_str().as_bytes())?;
+            out.write_all(b"\n")
         })
-        .and_then(|()| out.flush());
-    match written {
-        Ok(()) => {}
-        // `bicache manifest ... | head` is not an error.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-        Err(e) => return Err(format!("cannot write the manifest: {e}")),
+    })?;
+    if !whole {
+        return Ok(());
     }
     let bytes: u64 = files.iter().map(|f| f.size).sum();
     eprintln!(

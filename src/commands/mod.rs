@@ -6,7 +6,23 @@ pub mod manifest;
 pub mod plan;
 pub mod watch;
 
+use std::io::{self, BufWriter, Write};
+
 use crate::cli::{Cli, Command};
+
+/// Writes a command's output to stdout, buffered; `what` names it in an error. Ok(false):
+/// the reader went away first (`bicache plan ... | head`), which is not an error.
+fn to_stdout(
+    what: &str,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<bool, String> {
+    let mut out = BufWriter::new(io::stdout().lock());
+    match write(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(format!("cannot write {what}: {e}")),
+    }
+}
 
 /// Runs one command line; returns the process exit code (2: bad input, 1: failure).
 pub fn run(cli: Cli) -> i32 {

@@ -1,8 +1,6 @@
 //! `bicache plan SOURCE [sharding options] [--capacity SIZE]`: this shard's relative paths,
 //! computed exactly as a mount with the same options would, without mounting.
 
-use std::io::{self, BufWriter, Write};
-
 use crate::cli::{PlanArgs, ShardSize};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -47,16 +45,14 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
     let files = list_dataset(&source, sa.manifest.as_deref(), None)?.files;
     let plan = make_plan(files, &visible, shard.as_ref(), sa.seed, sizing.as_ref());
 
-    let mut out = BufWriter::new(io::stdout().lock());
-    let written = plan.files.iter().try_for_each(|f| {
-        out.write_all(f.path.as_os_str().as_bytes())?;
-        out.write_all(b"\n")
-    });
-    match written.and_then(|()| out.flush()) {
-        Ok(()) => {}
-        // `bicache plan ... | head` is not an error.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-        Err(e) => return Err(format!("cannot write the shard list: {e}")),
+    let whole = super::to_stdout("the shard list", |out| {
+        plan.files.iter().try_for_each(|f| {
+            out.write_all(f.path.as_os_str().as_bytes())?;
+            out.write_all(b"\n")
+        })
+    })?;
+    if !whole {
+        return Ok(());
     }
     eprintln!("{}", summary(&plan, shard.as_ref(), sizing.as_ref()));
     Ok(())

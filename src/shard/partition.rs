@@ -217,13 +217,7 @@ pub(crate) mod tests {
     use std::path::{Path, PathBuf};
 
     pub(crate) fn file(path: &str, size: u64) -> FileVersion {
-        FileVersion {
-            path: PathBuf::from(path),
-            size,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            ino: 0,
-        }
+        FileVersion::listed(PathBuf::from(path), size)
     }
 
     fn no_globs() -> AlwaysVisible {
