@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! slowfs SOURCE MOUNTPOINT [--latency-ms F] [--bandwidth-mbps F] [--meta-latency-ms F]
-//!        [--stats-file PATH] [--threads N]
+//!        [--attr-ttl SECS] [--stats-file PATH] [--threads N]
 //! ```
 //!
 //! * Every read request sleeps `--latency-ms`, then waits for its turn on one shared pacing
@@ -13,7 +13,10 @@
 //! * Metadata requests (lookup, getattr, opendir, readdir, open, readlink, statfs) sleep
 //!   `--meta-latency-ms` (default: the read latency).
 //! * Nothing is cached by the kernel: zero entry/attribute TTLs and `FOPEN_DIRECT_IO`, so
-//!   every access really reaches this process and is counted.
+//!   every access really reaches this process and is counted. `--attr-ttl SECS` lets the
+//!   kernel keep names and attributes that long instead, as an NFS client's attribute cache
+//!   does (`acregmin`, 3 s by default): a `stat` or `fstat` within it costs no request.
+//!   File data is never cached.
 //! * `--stats-file` receives `{"reads":N,"bytes":N,"meta":N}` every 0.5 s and at exit.
 //! * Runs in the foreground; SIGINT/SIGTERM or an external unmount end it.
 //!
@@ -39,8 +42,6 @@ use fuser::{
 use nix::sys::signal::{SigSet, Signal};
 use parking_lot::{Mutex, RwLock};
 
-/// Nothing may be cached by the kernel: every access must reach the "network".
-const NO_TTL: Duration = Duration::ZERO;
 /// Largest read request served (the kernel never asks for more than its max_pages).
 const MAX_READ: u32 = 16 << 20;
 
@@ -66,6 +67,10 @@ struct Args {
     /// Write {"reads":N,"bytes":N,"meta":N} here every 0.5 s and at exit.
     #[arg(long, value_name = "PATH")]
     stats_file: Option<PathBuf>,
+    /// How long the kernel may keep names and attributes, in seconds (0: every lookup
+    /// and stat reaches slowfs).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    attr_ttl: f64,
     /// FUSE request threads (concurrent requests overlap their latency).
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
@@ -170,6 +175,8 @@ struct SlowFs {
     root: PathBuf,
     latency: Duration,
     meta_latency: Duration,
+    /// Entry and attribute TTL of every reply (`--attr-ttl`).
+    attr_ttl: Duration,
     link: Link,
     counters: Arc<Counters>,
     inodes: RwLock<Inodes>,
@@ -302,7 +309,7 @@ impl Filesystem for SlowFs {
             Err(e) => return reply.error(e),
         };
         match self.lstat(&rel) {
-            Ok(m) => reply.entry(&NO_TTL, &attr(self.ino_for(&rel), &m), Generation(0)),
+            Ok(m) => reply.entry(&self.attr_ttl, &attr(self.ino_for(&rel), &m), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -310,7 +317,7 @@ impl Filesystem for SlowFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.meta_op();
         match self.path(ino).and_then(|p| self.lstat(&p)) {
-            Ok(m) => reply.attr(&NO_TTL, &attr(ino.0, &m)),
+            Ok(m) => reply.attr(&self.attr_ttl, &attr(ino.0, &m)),
             Err(e) => reply.error(e),
         }
     }
@@ -462,6 +469,9 @@ fn validate(args: &Args) -> Result<(), String> {
     if !finite(args.bandwidth_mbps) {
         return Err("--bandwidth-mbps must be finite and >= 0".into());
     }
+    if !finite(args.attr_ttl) || args.attr_ttl > 1e6 {
+        return Err("--attr-ttl must be 0..=1000000 seconds".into());
+    }
     if !(1..=256).contains(&args.threads) {
         return Err("--threads must be 1..=256".into());
     }
@@ -482,6 +492,7 @@ fn run(args: Args) -> Result<(), String> {
         meta_latency: Duration::from_secs_f64(
             args.meta_latency_ms.unwrap_or(args.latency_ms) / 1e3,
         ),
+        attr_ttl: Duration::from_secs_f64(args.attr_ttl),
         link: Link::new(args.bandwidth_mbps),
         counters: counters.clone(),
         inodes: RwLock::new(Inodes::new()),

@@ -140,7 +140,7 @@ class SlowfsMount(Mount):
     kind = "slowfs"
 
     def __init__(self, lc, data, name="slowfs", latency_ms=1.0, meta_latency_ms=None,
-                 bandwidth_mbps=200.0, threads=8):
+                 bandwidth_mbps=200.0, threads=8, attr_ttl=0):
         super().__init__(lc, name, "slowfs (source)", lc.mountpoint(name))
         self.data = data
         self.source = self
@@ -148,6 +148,8 @@ class SlowfsMount(Mount):
         self.args = ["--latency-ms", latency_ms, "--meta-latency-ms",
                      latency_ms if meta_latency_ms is None else meta_latency_ms,
                      "--bandwidth-mbps", bandwidth_mbps, "--threads", threads]
+        if attr_ttl:
+            self.args += ["--attr-ttl", attr_ttl]
         self.child = None
 
     def command(self):
