@@ -69,6 +69,10 @@ pub struct PlanArgs {
     /// compute it from --disk, or --ram when --disk is 0).
     #[arg(long, value_name = "SIZE")]
     pub capacity: Option<String>,
+    /// End each path with a NUL byte instead of a newline, for `xargs -0`: the one form
+    /// in which a file name holding a newline reads back as it is.
+    #[arg(short = '0', long)]
+    pub null: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

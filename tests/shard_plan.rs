@@ -424,6 +424,62 @@ fn bicache_manifest_writes_the_sized_manifest_of_the_walk() {
 }
 
 #[test]
+fn a_name_with_a_newline_fails_the_line_list_and_reads_back_with_null() {
+    use std::os::unix::ffi::OsStrExt;
+    let s = dataset();
+    s.write("d0/two\nlines.bin", b"x");
+    let all: HashSet<PathBuf> = data_files(&s.src).into_keys().collect();
+    assert!(all.contains(Path::new("d0/two\nlines.bin")));
+
+    // One path a line cannot hold it: one error line naming it, nothing on stdout.
+    let err = plan_fails(&s.src, &[], &[]);
+    assert!(
+        err.contains("d0/two\\nlines.bin'") && err.contains("--null"),
+        "{err}"
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(args_of(&s.src, &[]));
+    assert!(run_cmd(cmd, TIMEOUT).unwrap().stdout.is_empty());
+
+    // --null: every path NUL-terminated, the odd one whole; the same shards as the
+    // newline list gives for the files it can hold, in the same order.
+    let null = |extra: &[&str]| -> Vec<PathBuf> {
+        let out = Command::new(BIN)
+            .args(args_of(&s.src, extra))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout.last(), Some(&0u8));
+        out.stdout
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+            .collect()
+    };
+    let whole: HashSet<PathBuf> = null(&["--null"]).into_iter().collect();
+    assert_eq!(whole, all);
+    let mut union = HashSet::new();
+    for i in 0..3u64 {
+        let mut args = flags(i, 3, 5);
+        args.push("-0".into());
+        let shard = null(&strs(&args));
+        assert!(
+            shard.iter().all(|p| union.insert(p.clone())),
+            "shards overlap"
+        );
+    }
+    assert_eq!(union, all);
+    fs::remove_file(s.src.join("d0/two\nlines.bin")).unwrap();
+    let mut args = flags(1, 3, 5);
+    args.push("--null".into());
+    assert_eq!(null(&strs(&args)), plan(&s.src, &strs(&flags(1, 3, 5))));
+}
+
+#[test]
 fn always_visible_globs_and_bad_input() {
     let s = dataset();
     let all = plan(&s.src, &[]);

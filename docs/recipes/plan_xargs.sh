@@ -8,8 +8,8 @@
 #
 # Here the "processing" is a SHA-256 of every file, written to OUT_DIR/shard-I.sha256
 # (replace the sh -c body with your own tool: resize images, tokenize text...). 4 files at
-# a time. Paths travel as xargs arguments one a line (-d '\n'), and the sh -c body gets the
-# path as "$1", never pasted into the command: any file name is safe.
+# a time. Paths travel NUL-terminated (plan --null, xargs -0), and the sh -c body gets the
+# path as "$1", never pasted into the command: any file name is safe, a newline too.
 # Under Slurm the shard comes from the environment instead: `bicache plan SOURCE --shard rank`
 # (SLURM_PROCID / SLURM_NTASKS). BICACHE: the binary (default: bicache on PATH).
 set -euo pipefail
@@ -22,8 +22,8 @@ BICACHE=${BICACHE:-bicache}
 mkdir -p "$OUT"
 export SOURCE
 
-"$BICACHE" plan "$SOURCE" --shard-index "$I" --shard-count "$K" --seed 0 |
-    xargs -d '\n' -P 4 -I{} sh -c 'cd "$SOURCE" && sha256sum -- "$1"' sh {} \
+"$BICACHE" plan "$SOURCE" --shard-index "$I" --shard-count "$K" --seed 0 --null |
+    xargs -0 -P 4 -I{} sh -c 'cd "$SOURCE" && sha256sum -- "$1"' sh {} \
         >"$OUT/shard-$I.sha256.tmp"
 sort -k2 "$OUT/shard-$I.sha256.tmp" >"$OUT/shard-$I.sha256"
 rm "$OUT/shard-$I.sha256.tmp"

@@ -589,8 +589,9 @@ def plan(
     if capacity is not None:
         flags.append("--capacity=" + _size("capacity", capacity))
     flags += _extra(extra_args)
-    out = run(["plan", *flags, "--", _path(source)], capture_stdout=True)
-    return [os.fsdecode(line) for line in out.split(b"\n") if line]
+    # NUL-terminated: the one form in which any file name (a newline too) reads back.
+    out = run(["plan", "--null", *flags, "--", _path(source)], capture_stdout=True)
+    return [os.fsdecode(name) for name in out.split(b"\0") if name]
 
 
 def write_manifest(source: StrPath, path: StrPath) -> int:

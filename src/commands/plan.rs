@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use crate::shard::{AlwaysVisible, list_dataset, make_plan, resolve_shard, sizing_for, summary};
 use crate::size::{SizeSpec, parse_size};
-use crate::source::Source;
+use crate::source::{Source, walk};
 use crate::stats::Stats;
 
-/// `bicache plan SOURCE [sharding options] [--capacity SIZE]`: this shard's relative paths
-/// on stdout, one a line in prefetch order (raw bytes: a name need not be UTF-8), and a
-/// summary on stderr.
+/// `bicache plan SOURCE [sharding options] [--capacity SIZE] [--null]`: this shard's
+/// relative paths on stdout, one a line (NUL-terminated with `--null`) in prefetch order
+/// (raw bytes: a name need not be UTF-8), and a summary on stderr.
 pub fn run(args: &PlanArgs) -> Result<(), String> {
     let source = Source::open_dataset(&args.source, Arc::new(Stats::default()), false)?;
     let sa = &args.shard;
@@ -45,10 +45,23 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
     let files = list_dataset(&source, sa.manifest.as_deref(), None)?.files;
     let plan = make_plan(files, &visible, shard.as_ref(), sa.seed, sizing.as_ref());
 
+    let end = if args.null { b"\0" } else { b"\n" };
+    if !args.null {
+        // Checked before the first line is written: no half list on stdout.
+        let has_newline = |p: &std::path::Path| p.as_os_str().as_bytes().contains(&b'\n');
+        if let Some(f) = plan.files.iter().find(|f| has_newline(&f.path)) {
+            let full = source.root_path().join(&f.path);
+            return Err(format!(
+                "'{}': its name holds a newline, which a list of one path a line cannot \
+                 hold; use --null (NUL-terminated paths, for xargs -0)",
+                walk::show(full.as_os_str().as_bytes())
+            ));
+        }
+    }
     let whole = super::to_stdout("the shard list", |out| {
         plan.files.iter().try_for_each(|f| {
             out.write_all(f.path.as_os_str().as_bytes())?;
-            out.write_all(b"\n")
+            out.write_all(end)
         })
     })?;
     if !whole {

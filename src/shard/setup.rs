@@ -109,6 +109,19 @@ pub fn for_mount(
                 .collect(),
         );
     }
+    let mut newline_names = plan
+        .files
+        .iter()
+        .filter(|f| f.path.as_os_str().as_encoded_bytes().contains(&b'\n'));
+    if let Some(first) = newline_names.next() {
+        warn!(
+            "{} of this shard's file names hold a newline (the first: '{}'): \
+             .bicache/shard.txt lists one path a line and cannot show them apart; \
+             `bicache plan --null` with the same options lists them as they are",
+            1 + newline_names.count(),
+            walk::show(first.path.as_os_str().as_encoded_bytes())
+        );
+    }
     let view = cfg.id.map(|_| ShardView {
         members: plan
             .files
