@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
+import socket
 from pathlib import Path
 from typing import Dict, List
 
@@ -53,3 +53,23 @@ class Dataset:
     @property
     def total(self) -> int:
         return sum(len(b) for b in self.files.values())
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_and_drop(mountpoint: Path, files: Dict[str, bytes]) -> None:
+    """Reads every file through the mount, checks its bytes, then drops the files from
+    the kernel's page cache, so the next pass reaches the daemon."""
+    for name, data in files.items():
+        assert (mountpoint / name).read_bytes() == data
+    for name in files:
+        fd = os.open(mountpoint / name, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

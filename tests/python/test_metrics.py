@@ -14,15 +14,9 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 import bicache
-from _support import Dataset, mounted_under
+from _support import Dataset, free_port, mounted_under, read_and_drop
 
 pytestmark = pytest.mark.usefixtures("fuse")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> Tuple[str, Dict[str, object]]:
@@ -47,15 +41,8 @@ def test_metrics_parse_and_equal_the_stats(dataset: Dataset, tmp_path: Path, opt
         _, before = scrape(port)
         scrapes = []
         for _ in range(2):  # a cold pass, then a warm one served by the RAM tier
-            for name, data in dataset.files.items():
-                assert (m.path / name).read_bytes() == data
-            # Out of the kernel's page cache, so the warm pass reaches the daemon.
-            for name in dataset.files:
-                fd = os.open(m.path / name, os.O_RDONLY)
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                finally:
-                    os.close(fd)
+            # Then out of the kernel's page cache, so the warm pass reaches the daemon.
+            read_and_drop(m.path, dataset.files)
             scrapes.append(scrape(port))
         (_, after_cold), (ctype, fams) = scrapes
         stats = m.stats()

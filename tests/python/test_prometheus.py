@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Callable, Dict, Iterator, List, Tuple
 import pytest
 
 import bicache
-from _support import Dataset
+from _support import Dataset, free_port, read_and_drop
 
 pytestmark = pytest.mark.usefixtures("fuse")
 
@@ -37,12 +36,6 @@ CLUSTER = REPO / "docs" / "CLUSTER.md"
 #: What Grafana puts in place of its variables, for a 1 s scrape interval: every mount,
 #: and a rate window of several scrapes.
 GRAFANA_VARS = {"$instance": ".+", "$__rate_interval": "30s"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -173,14 +166,7 @@ def test_prometheus_scrapes_the_mount_and_every_documented_query_evaluates(
     with bicache.mount(dataset.root, chunk_size="64KiB", passthrough=False, metrics=port, **opts) as m:
         with prometheus(prometheus_bins[0], tmp_path / "prom", f"127.0.0.1:{port}") as prom:
             for _ in range(2):  # cold, then warm from RAM (the page cache dropped between)
-                for name, data in dataset.files.items():
-                    assert (m.path / name).read_bytes() == data
-                for name in dataset.files:
-                    fd = os.open(m.path / name, os.O_RDONLY)
-                    try:
-                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                    finally:
-                        os.close(fd)
+                read_and_drop(m.path, dataset.files)
             stats = m.stats()
             # Nothing reads any more: wait for a scrape made after the last read.
             wait_for(
