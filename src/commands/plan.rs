@@ -48,8 +48,7 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
     let end = if args.null { b"\0" } else { b"\n" };
     if !args.null {
         // Checked before the first line is written: no half list on stdout.
-        let has_newline = |p: &std::path::Path| p.as_os_str().as_bytes().contains(&b'\n');
-        if let Some(f) = plan.files.iter().find(|f| has_newline(&f.path)) {
+        if let Some(f) = plan.files.iter().find(|f| walk::holds_newline(&f.path)) {
             let full = source.root_path().join(&f.path);
             return Err(format!(
                 "'{}': its name holds a newline, which a list of one path a line cannot \

@@ -109,10 +109,7 @@ pub fn for_mount(
                 .collect(),
         );
     }
-    let mut newline_names = plan
-        .files
-        .iter()
-        .filter(|f| f.path.as_os_str().as_encoded_bytes().contains(&b'\n'));
+    let mut newline_names = plan.files.iter().filter(|f| walk::holds_newline(&f.path));
     if let Some(first) = newline_names.next() {
         warn!(
             "{} of this shard's file names hold a newline (the first: '{}'): \

@@ -191,13 +191,19 @@ pub const SIZED_HEADER: &[u8] = b"# bicache-manifest: size path";
 /// line, and a carriage return at its end is read as part of a CRLF line end.
 pub fn unlistable(path: &Path) -> Option<&'static str> {
     let b = path.as_os_str().as_bytes();
-    if b.contains(&b'\n') {
+    if holds_newline(path) {
         Some("its name holds a newline")
     } else if b.ends_with(b"\r") {
         Some("its name ends with a carriage return")
     } else {
         None
     }
+}
+
+/// Whether `path` holds a newline: then no list of one path a line (a manifest, `bicache
+/// plan`, `.bicache/shard.txt`) can hold it.
+pub fn holds_newline(path: &Path) -> bool {
+    path.as_os_str().as_bytes().contains(&b'\n')
 }
 
 /// Whether manifest bytes start with `SIZED_HEADER`.
