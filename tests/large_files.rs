@@ -396,7 +396,8 @@ fn small_random_reads_that_fetched_a_quarter_of_a_chunk_get_the_rest_in_one_fetc
     const UNIT: u64 = 16 << 10;
     const CHUNK: u64 = 1 << 20;
     let s = Scratch::new();
-    let want = s.file("pass.bin", 16 << 20, 21);
+    // 64 MiB: these reads touch far less than a quarter of it (no background fill).
+    let want = s.file("pass.bin", 64 << 20, 21);
     let m = s.mount(&ARGS);
     let f = File::open(m.path("pass.bin")).unwrap();
     let read_at = |at: u64| {
@@ -487,4 +488,94 @@ fn small_random_reads_that_fetched_a_quarter_of_a_chunk_get_the_rest_in_one_fetc
         }
         m.settle();
     }
+}
+
+/// Opens `path` for random reads (no kernel readahead), as fio and h5py slicing do.
+fn open_random(path: &Path) -> File {
+    let f = File::open(path).unwrap();
+    unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+            0,
+            libc::POSIX_FADV_RANDOM,
+        )
+    };
+    f
+}
+
+#[test]
+fn a_random_pass_over_a_file_fetches_the_rest_of_it_in_the_background() {
+    if !fuse_or_skip() {
+        return;
+    }
+    // 16 chunks of 64 units of 16 KiB. 4 KiB reads at random: each touches one unit, so
+    // 256 of them touch a quarter of the file, which makes them a pass over it.
+    const UNIT: u64 = 16 << 10;
+    const SIZE: u64 = 16 << 20;
+    let s = Scratch::new();
+    let want = s.file("pass.bin", SIZE as usize, 33);
+    let m = s.mount(&ARGS);
+    let f = open_random(&m.path("pass.bin"));
+    let read_at = |at: u64| {
+        let mut buf = vec![0u8; 4096];
+        let n = read_full_at(&f, &mut buf, at).unwrap();
+        assert_bytes_eq(
+            &buf[..n],
+            &want[at as usize..at as usize + 4096],
+            &format!("{at}"),
+        );
+    };
+    let pulled = || stat(&m.stats(), "source.bytes");
+    let mut rng = XorShift::new(8);
+    let mut block = || rng.below(SIZE / 4096) * 4096;
+    for _ in 0..100 {
+        read_at(block());
+    }
+    let st = m.settle();
+    assert!(
+        stat(&st, "source.bytes") <= 100 * UNIT,
+        "before a quarter is touched, units only: {st}"
+    );
+    for _ in 0..200 {
+        read_at(block());
+    }
+    // The rest came in whole chunks in the background: the file is held, and pulled at
+    // most once more than its size (pieces fetched again as part of whole chunks).
+    let st = m.settle();
+    let total = stat(&st, "source.bytes");
+    assert!(
+        (SIZE..=SIZE + 300 * UNIT).contains(&total),
+        "pulled {total} for a {SIZE}-byte file: {st}"
+    );
+    for _ in 0..500 {
+        read_at(block());
+    }
+    assert_eq!(pulled(), total, "every later read is a hit: {}", m.stats());
+    drop(f);
+
+    // The same pass, in 128 KiB reads (never dense: see the test above), over a file that
+    // would take more than a quarter of the SSD tier: no fill (one random pass must not
+    // push the rest of the cache out).
+    let t = Scratch::new();
+    let want = t.file("big.bin", SIZE as usize, 34);
+    let m = t.mount(&["--ram", "2MiB", "--disk", "48MiB", "--chunk-size", "1MiB"]);
+    let f = open_random(&m.path("big.bin"));
+    let mut rng = XorShift::new(9);
+    const R: u64 = 128 << 10;
+    for _ in 0..60 {
+        let at = rng.below(SIZE / R) * R;
+        let mut buf = vec![0u8; R as usize];
+        let n = read_full_at(&f, &mut buf, at).unwrap();
+        assert_bytes_eq(
+            &buf[..n],
+            &want[at as usize..(at + R) as usize],
+            &format!("{at}"),
+        );
+    }
+    let st = m.settle();
+    assert!(
+        stat(&st, "source.bytes") <= 60 * R,
+        "a file over a quarter of the SSD tier is not filled: {st}"
+    );
 }

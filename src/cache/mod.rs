@@ -9,7 +9,8 @@
 //!
 //! - `key.rs`: which bytes belong to which file version (golden-tested);
 //! - `tier.rs`: what a tier is; `ram.rs` (+ `lru.rs`) and `disk/` are the two;
-//! - `readahead.rs`: how much to fetch; the fetch threads live here.
+//! - `readahead.rs`: how much to fetch; the fetch threads (readahead for streams, the
+//!   background fill of a file a random reader passes over) live here.
 
 pub mod disk;
 pub mod key;
@@ -78,10 +79,34 @@ pub enum Purpose {
     Readahead,
     /// Shard prefetch: destined for the SSD tier; kept in RAM only without one.
     Prefetch,
+    /// The rest of a file a random reader is passing over: for the SSD tier, like
+    /// prefetch (the reader comes back to it at random, not soon).
+    Fill,
+}
+
+impl Purpose {
+    /// Whether a whole chunk fetched for this purpose goes into RAM too.
+    fn into_ram(self, has_disk: bool) -> bool {
+        !has_disk || matches!(self, Purpose::Read | Purpose::Readahead)
+    }
+}
+
+/// Work for a fetch thread: one chunk, fetched whole.
+struct FetchJob {
+    file: CachedFile,
+    index: u64,
+    purpose: Purpose,
+    /// For a fill: the open it is for; the job is dropped once that open is released.
+    open: Option<Weak<()>>,
 }
 
 /// Readahead jobs waiting for a fetch thread; more are dropped (a reader will ask anyway).
 const READAHEAD_QUEUE: usize = 256;
+/// Fill jobs queued at once, at most: a fill keeps the fetch threads busy but never takes
+/// the queue from streams' readahead.
+const FILL_QUEUED: u64 = 16;
+/// A file is filled only if it takes at most 1/FILL_SHARE of the SSD tier's budget.
+const FILL_SHARE: u64 = 4;
 /// A chunk fetched in as many pieces as 1/DENSE_SHARE of its units is fetched whole at its
 /// next miss (`ChunkCache::dense`).
 const DENSE_SHARE: usize = 4;
@@ -124,7 +149,9 @@ pub struct ChunkCache {
     source: Arc<Source>,
     stats: Arc<Stats>,
     flights: SingleFlight<FlightKey, Result<Piece, i32>>,
-    readahead_tx: Mutex<Option<SyncSender<(CachedFile, u64)>>>,
+    readahead_tx: Mutex<Option<SyncSender<FetchJob>>>,
+    /// Fill jobs queued and not yet taken by a fetch thread.
+    fills_queued: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
     shutting_down: AtomicBool,
 }
@@ -136,7 +163,7 @@ impl ChunkCache {
         source: Arc<Source>,
         stats: Arc<Stats>,
     ) -> Arc<ChunkCache> {
-        let (ra_tx, ra_rx) = sync_channel::<(CachedFile, u64)>(READAHEAD_QUEUE);
+        let (ra_tx, ra_rx) = sync_channel::<FetchJob>(READAHEAD_QUEUE);
         // Without an SSD tier, RAM is the tier that pins.
         let ram_pinned = if disk.is_none() {
             pinned_share(cfg.ram_bytes, cfg.pin)
@@ -162,6 +189,7 @@ impl ChunkCache {
             stats,
             flights: SingleFlight::new(),
             readahead_tx: Mutex::new(Some(ra_tx)),
+            fills_queued: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
         });
@@ -254,6 +282,13 @@ impl ChunkCache {
         };
         let advice = readahead::advise(stream, span, self.max_window, self.disk.is_some());
         self.queue_readahead(file, &advice);
+        if advice.fetch == Fetch::Units {
+            let u = self.unit;
+            let touched = (end.div_ceil(u) - offset / u) * u;
+            if stream.note_random(touched, size) {
+                self.queue_fill(file, stream);
+            }
+        }
         let cs = self.chunk_size;
         let range = |index: u64| {
             let base = index * cs;
@@ -381,7 +416,7 @@ impl ChunkCache {
                 if let Ok(p) = r
                     && p.start == 0
                     && p.data.len() == chunk_len
-                    && (purpose != Purpose::Prefetch || self.disk.is_none())
+                    && purpose.into_ram(self.disk.is_some())
                 {
                     self.ram
                         .insert(key, p.data.clone(), pin && self.disk.is_none());
@@ -493,7 +528,13 @@ impl ChunkCache {
             if self.ram.get(&file.chunk(index)).is_some() {
                 continue;
             }
-            match tx.try_send((file.clone(), index)) {
+            let job = FetchJob {
+                file: file.clone(),
+                index,
+                purpose: Purpose::Readahead,
+                open: None,
+            };
+            match tx.try_send(job) {
                 Ok(()) => {
                     self.stats.readahead_chunks.fetch_add(1, Relaxed);
                 }
@@ -501,6 +542,44 @@ impl ChunkCache {
                 Err(TrySendError::Disconnected(_)) => return,
             }
         }
+    }
+
+    /// Queues the rest of a file a random reader is passing over, to be fetched whole in
+    /// the background into the SSD tier, a few chunks at a time from where the last call
+    /// stopped. Only with an SSD tier, and only for a file that takes a small share of it
+    /// (a bigger one would push the rest of the cache out for one pass).
+    fn queue_fill(&self, file: &CachedFile, stream: &Stream) {
+        let Some(disk) = &self.disk else { return };
+        if file.size() > disk.capacity() / FILL_SHARE {
+            return;
+        }
+        let tx = self.readahead_tx.lock().clone();
+        let Some(tx) = tx else { return };
+        let mut index = stream.fill_from();
+        while index < file.chunks() && self.fills_queued.load(Relaxed) < FILL_QUEUED {
+            if self.ram.contains(&file.chunk(index)) || disk.contains(file, index) {
+                index += 1;
+                continue;
+            }
+            let job = FetchJob {
+                file: file.clone(),
+                index,
+                purpose: Purpose::Fill,
+                open: Some(stream.open_token()),
+            };
+            self.fills_queued.fetch_add(1, Relaxed);
+            match tx.try_send(job) {
+                Ok(()) => {
+                    self.stats.readahead_chunks.fetch_add(1, Relaxed);
+                    index += 1;
+                }
+                Err(_) => {
+                    self.fills_queued.fetch_sub(1, Relaxed);
+                    break;
+                }
+            }
+        }
+        stream.fill_to(index);
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -528,13 +607,28 @@ impl ChunkCache {
     }
 }
 
-fn readahead_loop(cache: Weak<ChunkCache>, rx: Arc<Mutex<Receiver<(CachedFile, u64)>>>) {
+fn readahead_loop(cache: Weak<ChunkCache>, rx: Arc<Mutex<Receiver<FetchJob>>>) {
     loop {
         let job = rx.lock().recv();
-        let Ok((file, index)) = job else { return };
+        let Ok(FetchJob {
+            file,
+            index,
+            purpose,
+            open,
+        }) = job
+        else {
+            return;
+        };
         let Some(cache) = cache.upgrade() else { return };
+        if let Some(open) = open {
+            cache.fills_queued.fetch_sub(1, Relaxed);
+            // The reader is gone, or a read fetched the chunk meanwhile.
+            if open.strong_count() == 0 || cache.is_cached(&file, index) {
+                continue;
+            }
+        }
         let len = file.chunk_len(index);
-        if let Err(e) = cache.get(&file, index, 0..len, Fetch::Whole, Purpose::Readahead) {
+        if let Err(e) = cache.get(&file, index, 0..len, Fetch::Whole, purpose) {
             debug!(path = %file.version.path.display(), index, "readahead failed: {e}");
         }
     }

@@ -13,11 +13,17 @@
 //! - Any other reader (h5py slices, parquet column chunks, memmap gathers) gets only the
 //!   aligned units its read covers (1/64 of a chunk, at least 4 KiB), until it shows
 //!   locality by reading in one chunk three times in a row: then whole chunks again.
+//! - A random reader that has touched, in units, a quarter of its file's size through one
+//!   open is making a pass over the file (every block once, in any order): the rest of the
+//!   file is then fetched whole in the background (`Stream::note_random`), so the pass
+//!   stops paying one source round trip per read. Short random runs over a big file
+//!   touch far less than a quarter and keep fetching units only.
 //!
 //! Sub-chunk pieces are kept by the SSD tier only (RAM keeps whole chunks).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
 
 /// Per open file handle.
 #[derive(Default)]
@@ -40,6 +46,42 @@ pub struct Stream {
     overtaken_end: AtomicU64,
     /// Reads in a row that landed out of place while the stream kept its window.
     out_of_place: AtomicU64,
+    /// Bytes random reads touched, rounded out to whole units (a random pass's progress).
+    touched: AtomicU64,
+    /// Chunks below this index were already considered for the background fill.
+    fill_next: AtomicU64,
+    /// Held by the handle only: background fills for it hold a `Weak` and stop once the
+    /// handle is released.
+    open: Arc<()>,
+}
+
+/// A random reader that touched 1/PASS_SHARE of its file's size (in units) through one
+/// open is passing over the whole file. A quarter: an 8 s cold run of random reads over a
+/// 2 GiB file touches 2-23% of it through each open (docs/TUNING.md).
+const PASS_SHARE: u64 = 4;
+
+impl Stream {
+    /// Counts a random read that touched `bytes` (rounded out to units) of a file of
+    /// `size` bytes; true once this open has touched enough to be a pass over the file.
+    pub fn note_random(&self, bytes: u64, size: u64) -> bool {
+        let touched = self.touched.fetch_add(bytes, Relaxed) + bytes;
+        touched.saturating_mul(PASS_SHARE) >= size
+    }
+
+    /// Takes the fill's cursor: the first chunk not yet considered.
+    pub fn fill_from(&self) -> u64 {
+        self.fill_next.load(Relaxed)
+    }
+
+    /// Moves the fill's cursor to `index` (only forward).
+    pub fn fill_to(&self, index: u64) {
+        self.fill_next.fetch_max(index, Relaxed);
+    }
+
+    /// A token that lives as long as this open.
+    pub fn open_token(&self) -> Weak<()> {
+        Arc::downgrade(&self.open)
+    }
 }
 
 /// A read that starts at most this far past where the previous one ended still continues
