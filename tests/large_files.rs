@@ -396,7 +396,8 @@ fn small_random_reads_that_fetched_a_quarter_of_a_chunk_get_the_rest_in_one_fetc
     const UNIT: u64 = 16 << 10;
     const CHUNK: u64 = 1 << 20;
     let s = Scratch::new();
-    // 64 MiB: these reads touch far less than a quarter of it (no background fill).
+    // 64 MiB, and a first read at its end: the reads below span the whole file and touch
+    // far less than a quarter of it (no background fill of a pass).
     let want = s.file("pass.bin", 64 << 20, 21);
     let m = s.mount(&ARGS);
     let f = File::open(m.path("pass.bin")).unwrap();
@@ -410,6 +411,7 @@ fn small_random_reads_that_fetched_a_quarter_of_a_chunk_get_the_rest_in_one_fetc
         );
     };
     let pulled = || stat(&m.stats(), "source.bytes");
+    read_at(63 * CHUNK + 4096);
     // Chunks 1-8 get 16 of their 64 units (every fourth), chunk 9 only 8; interleaved,
     // so no two reads in a row fall in one chunk (that would count as locality).
     for k in 0..16u64 {
@@ -422,7 +424,7 @@ fn small_random_reads_that_fetched_a_quarter_of_a_chunk_get_the_rest_in_one_fetc
     }
     assert_eq!(
         pulled(),
-        (8 * 16 + 8) * UNIT,
+        (1 + 8 * 16 + 8) * UNIT,
         "one unit per read: {}",
         m.stats()
     );
@@ -474,8 +476,10 @@ fn small_random_reads_that_fetched_a_quarter_of_a_chunk_get_the_rest_in_one_fetc
         assert_eq!(n, 128 << 10);
         assert_bytes_eq(&buf, &want[at as usize..at as usize + n], &format!("{at}"));
     };
-    // Alternating between two chunks (three reads in a row in one chunk would count as
-    // locality).
+    // A first read at the end, so these reads span the file (not a pass over two chunks);
+    // then alternating between two chunks (three reads in a row in one chunk would count
+    // as locality).
+    read_128k(62 * CHUNK);
     for (k, unit) in [0u64, 16, 32, 48, 8, 24].into_iter().enumerate() {
         for c in [12, 13] {
             let before = pulled();
@@ -552,6 +556,29 @@ fn a_random_pass_over_a_file_fetches_the_rest_of_it_in_the_background() {
         read_at(block());
     }
     assert_eq!(pulled(), total, "every later read is a hit: {}", m.stats());
+    drop(f);
+
+    // A pass over the first 4 MiB of a 32 MiB file fills those 4 chunks, not the file.
+    const REGION: u64 = 4 << 20;
+    let want = s.file("region.bin", 32 << 20, 35);
+    let f = open_random(&m.path("region.bin"));
+    let mut rng = XorShift::new(10);
+    for _ in 0..150 {
+        let at = rng.below(REGION / 4096) * 4096;
+        let mut buf = vec![0u8; 4096];
+        let n = read_full_at(&f, &mut buf, at).unwrap();
+        assert_bytes_eq(
+            &buf[..n],
+            &want[at as usize..at as usize + 4096],
+            &format!("{at}"),
+        );
+    }
+    let region = stat(&m.settle(), "source.bytes") - total;
+    assert!(
+        (REGION..=REGION + 150 * UNIT).contains(&region),
+        "pulled {region} for a pass over {REGION} bytes: {}",
+        m.stats()
+    );
     drop(f);
 
     // The same pass, in 128 KiB reads (never dense: see the test above), over a file that

@@ -79,15 +79,29 @@ pub enum Purpose {
     Readahead,
     /// Shard prefetch: destined for the SSD tier; kept in RAM only without one.
     Prefetch,
-    /// The rest of a file a random reader is passing over: for the SSD tier, like
-    /// prefetch (the reader comes back to it at random, not soon).
+    /// The rest of a region a random reader is passing over: for the SSD tier, and for
+    /// RAM only where it has room (the reader comes back to it, but at random, not soon).
     Fill,
 }
 
+/// Where a whole chunk fetched for some purpose goes in RAM.
+enum RamAdmission {
+    /// Inserted, evicting what was used least recently.
+    Insert,
+    /// Inserted only into free room.
+    IfRoom,
+    /// Not kept in RAM (the SSD tier keeps it).
+    No,
+}
+
 impl Purpose {
-    /// Whether a whole chunk fetched for this purpose goes into RAM too.
-    fn into_ram(self, has_disk: bool) -> bool {
-        !has_disk || matches!(self, Purpose::Read | Purpose::Readahead)
+    fn ram_admission(self, has_disk: bool) -> RamAdmission {
+        match self {
+            _ if !has_disk => RamAdmission::Insert,
+            Purpose::Read | Purpose::Readahead => RamAdmission::Insert,
+            Purpose::Fill => RamAdmission::IfRoom,
+            Purpose::Prefetch => RamAdmission::No,
+        }
     }
 }
 
@@ -285,8 +299,8 @@ impl ChunkCache {
         if advice.fetch == Fetch::Units {
             let u = self.unit;
             let touched = (end.div_ceil(u) - offset / u) * u;
-            if stream.note_random(touched, size) {
-                self.queue_fill(file, stream);
+            if let Some(region) = stream.note_random(span, touched, self.chunk_size) {
+                self.queue_fill(file, stream, region);
             }
         }
         let cs = self.chunk_size;
@@ -416,10 +430,15 @@ impl ChunkCache {
                 if let Ok(p) = r
                     && p.start == 0
                     && p.data.len() == chunk_len
-                    && purpose.into_ram(self.disk.is_some())
                 {
-                    self.ram
-                        .insert(key, p.data.clone(), pin && self.disk.is_none());
+                    match purpose.ram_admission(self.disk.is_some()) {
+                        RamAdmission::Insert => {
+                            self.ram
+                                .insert(key, p.data.clone(), pin && self.disk.is_none())
+                        }
+                        RamAdmission::IfRoom => self.ram.insert_if_room(key, p.data.clone()),
+                        RamAdmission::No => {}
+                    }
                 }
             },
         );
@@ -544,40 +563,38 @@ impl ChunkCache {
         }
     }
 
-    /// Queues the rest of a file a random reader is passing over, to be fetched whole in
-    /// the background into the SSD tier, a few chunks at a time from where the last call
-    /// stopped. Only with an SSD tier, and only for a file that takes a small share of it
-    /// (a bigger one would push the rest of the cache out for one pass).
-    fn queue_fill(&self, file: &CachedFile, stream: &Stream) {
+    /// Queues the chunks of the region a random reader is passing over, to be fetched
+    /// whole in the background into the SSD tier, a few at a time from where the last
+    /// call stopped (each chunk once per open). Only with an SSD tier, and only for a
+    /// region that takes a small share of it (a bigger one would push the rest of the
+    /// cache out for one pass).
+    fn queue_fill(&self, file: &CachedFile, stream: &Stream, region: Range<u64>) {
         let Some(disk) = &self.disk else { return };
-        if file.size() > disk.capacity() / FILL_SHARE {
+        if (region.end - region.start) * self.chunk_size > disk.capacity() / FILL_SHARE {
             return;
         }
         let tx = self.readahead_tx.lock().clone();
         let Some(tx) = tx else { return };
-        let mut index = stream.fill_from();
-        while index < file.chunks() && self.fills_queued.load(Relaxed) < FILL_QUEUED {
-            if self.ram.contains(&file.chunk(index)) || disk.contains(file, index) {
-                index += 1;
-                continue;
-            }
-            let job = FetchJob {
-                file: file.clone(),
-                index,
-                purpose: Purpose::Fill,
-                open: Some(stream.open_token()),
-            };
-            self.fills_queued.fetch_add(1, Relaxed);
-            match tx.try_send(job) {
-                Ok(()) => {
-                    self.stats.readahead_chunks.fetch_add(1, Relaxed);
-                    index += 1;
+        let mut index = stream.fill_from().max(region.start);
+        while index < region.end {
+            if !self.ram.contains(&file.chunk(index)) && !disk.contains(file, index) {
+                if self.fills_queued.load(Relaxed) >= FILL_QUEUED {
+                    break;
                 }
-                Err(_) => {
+                let job = FetchJob {
+                    file: file.clone(),
+                    index,
+                    purpose: Purpose::Fill,
+                    open: Some(stream.open_token()),
+                };
+                self.fills_queued.fetch_add(1, Relaxed);
+                if tx.try_send(job).is_err() {
                     self.fills_queued.fetch_sub(1, Relaxed);
                     break;
                 }
+                self.stats.readahead_chunks.fetch_add(1, Relaxed);
             }
+            index += 1;
         }
         stream.fill_to(index);
     }

@@ -13,14 +13,16 @@
 //! - Any other reader (h5py slices, parquet column chunks, memmap gathers) gets only the
 //!   aligned units its read covers (1/64 of a chunk, at least 4 KiB), until it shows
 //!   locality by reading in one chunk three times in a row: then whole chunks again.
-//! - A random reader that has touched, in units, a quarter of its file's size through one
-//!   open is making a pass over the file (every block once, in any order): the rest of the
-//!   file is then fetched whole in the background (`Stream::note_random`), so the pass
-//!   stops paying one source round trip per read. Short random runs over a big file
-//!   touch far less than a quarter and keep fetching units only.
+//! - A random reader that has touched, in units, a quarter of the region its random reads
+//!   span (through one open) is making a pass over that region (every block once, in any
+//!   order): the rest of the region is then fetched whole in the background
+//!   (`Stream::note_random`), so the pass stops paying one source round trip per read.
+//!   Short random runs over a big file touch far less than a quarter of it and keep
+//!   fetching units only.
 //!
 //! Sub-chunk pieces are kept by the SSD tier only (RAM keeps whole chunks).
 
+use std::ops::Range;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -48,6 +50,9 @@ pub struct Stream {
     out_of_place: AtomicU64,
     /// Bytes random reads touched, rounded out to whole units (a random pass's progress).
     touched: AtomicU64,
+    /// The chunks random reads landed in span `region_lo..region_hi` (+1 each; 0 = none).
+    region_lo: AtomicU64,
+    region_hi: AtomicU64,
     /// Chunks below this index were already considered for the background fill.
     fill_next: AtomicU64,
     /// Held by the handle only: background fills for it hold a `Weak` and stop once the
@@ -55,17 +60,29 @@ pub struct Stream {
     open: Arc<()>,
 }
 
-/// A random reader that touched 1/PASS_SHARE of its file's size (in units) through one
-/// open is passing over the whole file. A quarter: an 8 s cold run of random reads over a
+/// A random reader that touched 1/PASS_SHARE of the region its reads span (in units)
+/// through one open is passing over it. A quarter: an 8 s cold run of random reads over a
 /// 2 GiB file touches 2-23% of it through each open (docs/TUNING.md).
 const PASS_SHARE: u64 = 4;
 
 impl Stream {
-    /// Counts a random read that touched `bytes` (rounded out to units) of a file of
-    /// `size` bytes; true once this open has touched enough to be a pass over the file.
-    pub fn note_random(&self, bytes: u64, size: u64) -> bool {
+    /// Counts a random read in chunks `read.first..=read.last` that touched `bytes`
+    /// (rounded out to units). Returns the chunks its random reads span once this open
+    /// has touched a quarter of them: a pass over that region.
+    pub fn note_random(&self, read: Span, bytes: u64, chunk_size: u64) -> Option<Range<u64>> {
         let touched = self.touched.fetch_add(bytes, Relaxed) + bytes;
-        touched.saturating_mul(PASS_SHARE) >= size
+        let lo = match self.region_lo.load(Relaxed) {
+            0 => read.first,
+            l => (l - 1).min(read.first),
+        };
+        self.region_lo.store(lo + 1, Relaxed);
+        let hi = self
+            .region_hi
+            .fetch_max(read.last + 2, Relaxed)
+            .max(read.last + 2)
+            - 1;
+        let region = ((hi - lo) * chunk_size).min(read.n_chunks * chunk_size);
+        (touched.saturating_mul(PASS_SHARE) >= region).then_some(lo..hi)
     }
 
     /// Takes the fill's cursor: the first chunk not yet considered.
