@@ -237,7 +237,7 @@ pub struct MountArgs {
     /// FUSE request threads.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub fuse_threads: usize,
-    /// Background threads fetching readahead chunks from the source.
+    /// Background threads fetching chunks ahead of readers (readahead, random-pass fill).
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub fetch_threads: usize,
     #[command(flatten)]

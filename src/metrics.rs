@@ -148,7 +148,7 @@ const FAMILIES: &[Family] = &[
         name: "readahead_chunks",
         kind: COUNTER,
         unit: None,
-        help: "Chunks fetched ahead of sequential readers",
+        help: "Chunks queued to be fetched ahead of readers (streams, random passes)",
         label: None,
         values: |s| vec![("", s.readahead.chunks)],
     },
