@@ -280,15 +280,7 @@ fn every_access_pattern_is_byte_exact_cold_and_warm() {
     let mut m = s.mount(&ARGS);
     let path = m.path("huge.bin");
     let pattern = |seed: u64| {
-        let f = File::open(&path).unwrap();
-        unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-                0,
-                libc::POSIX_FADV_RANDOM,
-            )
-        };
+        let f = open_random(&path);
         let mut rng = XorShift::new(seed);
         let mut read = 0u64;
         for i in 0..300 {
@@ -326,15 +318,7 @@ fn every_access_pattern_is_byte_exact_cold_and_warm() {
     let t = Scratch::new();
     let want2 = t.file("rand.bin", 64 << 20, 9);
     let m2 = t.mount(&ARGS);
-    let f = File::open(m2.path("rand.bin")).unwrap();
-    unsafe {
-        libc::posix_fadvise(
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            0,
-            0,
-            libc::POSIX_FADV_RANDOM,
-        )
-    };
+    let f = open_random(&m2.path("rand.bin"));
     let mut rng = XorShift::new(11);
     let mut read = 0u64;
     for _ in 0..400 {
@@ -461,15 +445,7 @@ fn small_random_reads_that_fetched_a_quarter_of_a_chunk_get_the_rest_in_one_fetc
     // 128 KiB reads: two make a quarter of the units, but a chunk goes whole only after
     // as many fetches as a quarter of its units (16), which 128 KiB reads never reach:
     // each pulls its own units (short random runs touch many chunks several times).
-    let g = File::open(m.path("pass.bin")).unwrap();
-    unsafe {
-        libc::posix_fadvise(
-            std::os::fd::AsRawFd::as_raw_fd(&g),
-            0,
-            0,
-            libc::POSIX_FADV_RANDOM,
-        )
-    };
+    let g = open_random(&m.path("pass.bin"));
     let read_128k = |at: u64| {
         let mut buf = vec![0u8; 128 << 10];
         let n = read_full_at(&g, &mut buf, at).unwrap();
@@ -492,6 +468,14 @@ fn small_random_reads_that_fetched_a_quarter_of_a_chunk_get_the_rest_in_one_fetc
         }
         m.settle();
     }
+}
+
+/// Reads `len` bytes at `at` (fewer at EOF) and checks them against the source's `want`.
+fn read_checked(f: &File, want: &[u8], at: u64, len: usize) {
+    let mut buf = vec![0u8; len];
+    let n = read_full_at(f, &mut buf, at).unwrap();
+    let hi = (at as usize + len).min(want.len());
+    assert_bytes_eq(&buf[..n], &want[at as usize..hi], &format!("{at}+{len}"));
 }
 
 /// Opens `path` for random reads (no kernel readahead), as fio and h5py slicing do.
@@ -521,15 +505,7 @@ fn a_random_pass_over_a_file_fetches_the_rest_of_it_in_the_background() {
     let want = s.file("pass.bin", SIZE as usize, 33);
     let m = s.mount(&ARGS);
     let f = open_random(&m.path("pass.bin"));
-    let read_at = |at: u64| {
-        let mut buf = vec![0u8; 4096];
-        let n = read_full_at(&f, &mut buf, at).unwrap();
-        assert_bytes_eq(
-            &buf[..n],
-            &want[at as usize..at as usize + 4096],
-            &format!("{at}"),
-        );
-    };
+    let read_at = |at: u64| read_checked(&f, &want, at, 4096);
     let pulled = || stat(&m.stats(), "source.bytes");
     let mut rng = XorShift::new(8);
     let mut block = || rng.below(SIZE / 4096) * 4096;
@@ -564,14 +540,7 @@ fn a_random_pass_over_a_file_fetches_the_rest_of_it_in_the_background() {
     let f = open_random(&m.path("region.bin"));
     let mut rng = XorShift::new(10);
     for _ in 0..150 {
-        let at = rng.below(REGION / 4096) * 4096;
-        let mut buf = vec![0u8; 4096];
-        let n = read_full_at(&f, &mut buf, at).unwrap();
-        assert_bytes_eq(
-            &buf[..n],
-            &want[at as usize..at as usize + 4096],
-            &format!("{at}"),
-        );
+        read_checked(&f, &want, rng.below(REGION / 4096) * 4096, 4096);
     }
     let region = stat(&m.settle(), "source.bytes") - total;
     assert!(
@@ -591,14 +560,7 @@ fn a_random_pass_over_a_file_fetches_the_rest_of_it_in_the_background() {
     let mut rng = XorShift::new(9);
     const R: u64 = 128 << 10;
     for _ in 0..60 {
-        let at = rng.below(SIZE / R) * R;
-        let mut buf = vec![0u8; R as usize];
-        let n = read_full_at(&f, &mut buf, at).unwrap();
-        assert_bytes_eq(
-            &buf[..n],
-            &want[at as usize..(at + R) as usize],
-            &format!("{at}"),
-        );
+        read_checked(&f, &want, rng.below(SIZE / R) * R, R as usize);
     }
     let st = m.settle();
     assert!(
