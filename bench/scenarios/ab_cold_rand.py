@@ -27,7 +27,7 @@ PY_NEEDS = ["numpy"]
 
 PARAMS = dict(runs=3, a="", b="", ram="2GiB", disk="8GiB", latency_ms=1.0,
               meta_latency_ms=-1.0, bandwidth_mbps=200.0, slowfs_threads=8, seed=20240611,
-              cold_file_mib=2048, runtime=8, bs="4k 128k", jobs="1 4")
+              cold_file_mib=2048, runtime=8, bs="4k 128k", jobs="1 4", attr_ttl=0.0)
 QUICK = dict(cold_file_mib=32, runtime=1, runs=1, jobs="4")
 
 
@@ -44,7 +44,8 @@ def run(b):
     comp = b.component(data.big(1, p.cold_file_mib, p.seed + 1))
     bins = {x: build.binary_for(p[x], b.bench_dir, x) for x in ("a", "b")}
     b.meta.update(dataset=comp.describe(), binaries={x: d for x, (_, d) in bins.items()})
-    with b.slowfs(comp.path) as slow:
+    # attr_ttl > 0: a source whose client caches attributes (see attr-cache).
+    with b.slowfs(comp.path, attr_ttl=float(p.attr_ttl)) as slow:
         b.meta["slowfs"] = " ".join(map(str, slow.args))
         for _ in b.runs():
             for bs, jobs in passes(p):

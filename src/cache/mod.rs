@@ -121,9 +121,6 @@ const READAHEAD_QUEUE: usize = 256;
 const FILL_QUEUED: u64 = 16;
 /// A file is filled only if it takes at most 1/FILL_SHARE of the SSD tier's budget.
 const FILL_SHARE: u64 = 4;
-/// A chunk fetched in as many pieces as 1/DENSE_SHARE of its units is fetched whole at its
-/// next miss (`ChunkCache::dense`).
-const DENSE_SHARE: usize = 4;
 
 /// The part of the RAM budget the RAM tier itself may hold. Chunks in flight (being fetched,
 /// queued for the SSD tier, being replied) and freed buffers kept for reuse (buf.rs) live
@@ -408,7 +405,6 @@ impl ChunkCache {
         let chunk_len = file.chunk_len(index);
         let span = match fetch {
             Fetch::Whole => 0..chunk_len,
-            Fetch::Units if self.dense(file, index, chunk_len) => 0..chunk_len,
             Fetch::Units => {
                 let u = self.unit as usize;
                 (want.start / u * u)..(want.end.div_ceil(u) * u).min(chunk_len)
@@ -464,21 +460,6 @@ impl ChunkCache {
             Some((Err(code), _)) => Err(io::Error::from_raw_os_error(code)),
             None => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
-    }
-
-    /// Whether random reads have already fetched this chunk in as many separate pieces as
-    /// a quarter of its units: small reads are covering the region densely (a whole
-    /// random pass, not a few blocks), so the rest of the chunk comes in one request
-    /// instead of one per read. A reader that stops there has pulled at most 4x (5x with
-    /// the quarter fetched again) what it read in the chunk. Counting fetches, not units,
-    /// keeps large random reads (128 KiB: two make a quarter) on units: in short random
-    /// runs with several readers, chunks touched four or five times are common, and
-    /// fetching them whole cut 128 KiB reads with 4 jobs from 1.02x to 0.69x the source.
-    fn dense(&self, file: &CachedFile, index: u64, chunk_len: usize) -> bool {
-        let units = chunk_len.div_ceil(self.unit as usize);
-        self.disk
-            .as_ref()
-            .is_some_and(|d| d.pieces_held(file, index) as usize * DENSE_SHARE >= units)
     }
 
     /// SSD tier, then the source. Run by one thread per missing range.

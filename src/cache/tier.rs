@@ -54,12 +54,6 @@ pub trait Tier: Send + Sync {
     /// Whether the whole chunk is held.
     fn contains(&self, file: &CachedFile, index: u64) -> bool;
 
-    /// In how many separately stored pieces chunk `index` is held (0 for a tier that
-    /// keeps whole chunks only).
-    fn pieces_held(&self, _file: &CachedFile, _index: u64) -> u32 {
-        0
-    }
-
     /// Keeps a piece (a tier may do it later, off the caller's path, or not at all).
     fn put(&self, file: &CachedFile, index: u64, piece: &Piece, pin: bool);
 

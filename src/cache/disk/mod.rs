@@ -199,14 +199,6 @@ impl Tier for DiskTier {
         }
     }
 
-    fn pieces_held(&self, file: &CachedFile, index: u64) -> u32 {
-        let ix = self.inner.index.lock();
-        match ix.get(file.key).map(|e| &e.shape) {
-            Some(Shape::Large(l)) => l.chunk_records(index as u32).len() as u32,
-            _ => 0,
-        }
-    }
-
     fn put(&self, file: &CachedFile, index: u64, piece: &Piece, pin: bool) {
         let job = Job {
             key: file.key,
