@@ -551,12 +551,15 @@ impl ChunkCache {
     /// cache out for one pass).
     fn queue_fill(&self, file: &CachedFile, stream: &Stream, region: Range<u64>) {
         let Some(disk) = &self.disk else { return };
-        if (region.end - region.start) * self.chunk_size > disk.capacity() / FILL_SHARE {
+        let mut index = stream.fill_from().max(region.start);
+        // Done already (every later read of the pass comes here), or too big to fill.
+        if index >= region.end
+            || (region.end - region.start) * self.chunk_size > disk.capacity() / FILL_SHARE
+        {
             return;
         }
         let tx = self.readahead_tx.lock().clone();
         let Some(tx) = tx else { return };
-        let mut index = stream.fill_from().max(region.start);
         while index < region.end {
             if !self.ram.contains(&file.chunk(index)) && !disk.contains(file, index) {
                 if self.fills_queued.load(Relaxed) >= FILL_QUEUED {

@@ -343,6 +343,29 @@ mod tests {
     }
 
     #[test]
+    fn a_random_reader_that_touched_a_quarter_of_its_span_is_passing_over_it() {
+        let s = Stream::default();
+        let at = |c: u64| Span {
+            offset: c * CS,
+            end: c * CS + 4096,
+            first: c,
+            last: c,
+            n_chunks: 100,
+        };
+        const U: u64 = 16 << 10;
+        assert_eq!(s.note_random(at(10), U, CS), None, "64 KiB of 1 MiB x 4");
+        assert_eq!(s.note_random(at(17), U, CS), None, "chunks 10-17 now");
+        // 2 MiB touched of the 8 MiB the reads span: a pass over chunks 10-17.
+        assert_eq!(s.note_random(at(12), (2 << 20) - 2 * U, CS), Some(10..18));
+        // A read further out widens the span to 31 chunks: not a pass (yet).
+        assert_eq!(s.note_random(at(40), U, CS), None);
+        assert_eq!(s.fill_from(), 0);
+        s.fill_to(14);
+        s.fill_to(12);
+        assert_eq!(s.fill_from(), 14, "the cursor only moves forward");
+    }
+
+    #[test]
     fn random_readers_get_units_until_they_show_locality() {
         let s = Stream::default();
         assert_eq!(read(&s, 37 * CS + 4096, 4096).fetch, Fetch::Units);
