@@ -10,7 +10,7 @@
 //! - `key.rs`: which bytes belong to which file version (golden-tested);
 //! - `tier.rs`: what a tier is; `ram.rs` (+ `lru.rs`) and `disk/` are the two;
 //! - `readahead.rs`: how much to fetch; the fetch threads (readahead for streams, the
-//!   background fill of a file a random reader passes over) live here.
+//!   background fill of the span a random reader passes over) live here.
 
 pub mod disk;
 pub mod key;
@@ -119,7 +119,7 @@ const READAHEAD_QUEUE: usize = 256;
 /// Fill jobs queued at once, at most: a fill keeps the fetch threads busy but never takes
 /// the queue from streams' readahead.
 const FILL_QUEUED: u64 = 16;
-/// A file is filled only if it takes at most 1/FILL_SHARE of the SSD tier's budget.
+/// A span is filled only if it takes at most 1/FILL_SHARE of the SSD tier's budget.
 const FILL_SHARE: u64 = 4;
 
 /// The part of the RAM budget the RAM tier itself may hold. Chunks in flight (being fetched,
