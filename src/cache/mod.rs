@@ -362,6 +362,11 @@ impl ChunkCache {
         self.capacity_tier().contains(file, index)
     }
 
+    /// Whether RAM or the capacity tier holds chunk `index` whole: nothing to fetch.
+    fn holds_whole(&self, file: &CachedFile, index: u64) -> bool {
+        self.ram.contains(&file.chunk(index)) || self.is_cached(file, index)
+    }
+
     /// Readers waiting on the source right now (prefetch yields to them).
     pub fn readers_fetching(&self) -> u64 {
         self.readers_fetching.load(Relaxed)
@@ -561,7 +566,7 @@ impl ChunkCache {
         let tx = self.readahead_tx.lock().clone();
         let Some(tx) = tx else { return };
         while index < region.end {
-            if !self.ram.contains(&file.chunk(index)) && !disk.contains(file, index) {
+            if !self.holds_whole(file, index) {
                 if self.fills_queued.load(Relaxed) >= FILL_QUEUED {
                     break;
                 }
@@ -624,7 +629,7 @@ fn readahead_loop(cache: Weak<ChunkCache>, rx: Arc<Mutex<Receiver<FetchJob>>>) {
         if let Some(open) = open {
             cache.fills_queued.fetch_sub(1, Relaxed);
             // The reader is gone, or a read fetched the chunk meanwhile.
-            if open.strong_count() == 0 || cache.is_cached(&file, index) {
+            if open.strong_count() == 0 || cache.holds_whole(&file, index) {
                 continue;
             }
         }

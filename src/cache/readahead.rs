@@ -81,8 +81,7 @@ impl Stream {
             .fetch_max(read.last + 2, Relaxed)
             .max(read.last + 2)
             - 1;
-        let region = ((hi - lo) * chunk_size).min(read.n_chunks * chunk_size);
-        (touched.saturating_mul(PASS_SHARE) >= region).then_some(lo..hi)
+        (touched.saturating_mul(PASS_SHARE) >= (hi - lo) * chunk_size).then_some(lo..hi)
     }
 
     /// Takes the fill's cursor: the first chunk not yet considered.
