@@ -1,7 +1,8 @@
 """The binaries under test and the commit they come from.
 
 Binaries are copied into BENCH_DIR/bin, so a rebuild of the work tree during a run cannot
-change them. Three ways to get bicache (slowfs always comes from the same source):
+change them. floorfs (examples/floorfs.rs, the FUSE floor baseline) always comes from the
+work tree. Three ways to get bicache (slowfs always comes from the same source):
   default        `cargo build --release --bin bicache --example slowfs` in the work tree
                  (CARGO_TARGET_DIR is honoured), commit = HEAD + whether the tree is dirty
   --bicache-rev  `git archive REV` unpacked in BENCH_DIR/src-rev, built in BENCH_DIR/target-rev
@@ -78,8 +79,8 @@ def build_rev(rev, bench_dir, logf, with_slowfs=True):
 
 
 class Bins:
-    def __init__(self, bicache, slowfs, commit, dirty, how):
-        self.bicache, self.slowfs = bicache, slowfs
+    def __init__(self, bicache, slowfs, floorfs, commit, dirty, how):
+        self.bicache, self.slowfs, self.floorfs = bicache, slowfs, floorfs
         self.commit, self.dirty, self.how = commit, dirty, how
 
     def describe(self):
@@ -96,22 +97,27 @@ def prepare(bench_dir, bicache_bin=None, bicache_rev=None, skip_build=False):
     os.makedirs(bindir, exist_ok=True)
     logf = os.path.join(bench_dir, "build.log")
     bicache, slowfs = os.path.join(bindir, "bicache"), os.path.join(bindir, "slowfs")
+    floorfs = os.path.join(bindir, "floorfs")
+    rel = os.path.join(target_dir(), "release")
+    if not skip_build:
+        what = ["--example", "floorfs"]
+        if not bicache_rev:
+            what += ["--example", "slowfs"] + ([] if bicache_bin else ["--bin", "bicache"])
+        _cargo_build(REPO, target_dir(), what, logf)
+    _install(os.path.join(rel, "examples", "floorfs"), floorfs)
     if bicache_rev:
         rel, short = build_rev(bicache_rev, bench_dir, logf)
         _install(os.path.join(rel, "bicache"), bicache)
         _install(os.path.join(rel, "examples", "slowfs"), slowfs)
-        return Bins(bicache, slowfs, short, False, f"built from `git archive {bicache_rev}`")
-    rel = os.path.join(target_dir(), "release")
-    if not skip_build:
-        what = ["--example", "slowfs"] if bicache_bin else ["--bin", "bicache", "--example", "slowfs"]
-        _cargo_build(REPO, target_dir(), what, logf)
+        return Bins(bicache, slowfs, floorfs, short, False,
+                    f"built from `git archive {bicache_rev}`")
     _install(os.path.join(rel, "examples", "slowfs"), slowfs)
     if bicache_bin:
         _install(bicache_bin, bicache)
-        return Bins(bicache, slowfs, f"prebuilt binary {bicache_bin}", False, "")
+        return Bins(bicache, slowfs, floorfs, f"prebuilt binary {bicache_bin}", False, "")
     _install(os.path.join(rel, "bicache"), bicache)
     commit, dirty = head_info()
-    return Bins(bicache, slowfs, commit, dirty, "")
+    return Bins(bicache, slowfs, floorfs, commit, dirty, "")
 
 
 def binary_for(spec, bench_dir, name):

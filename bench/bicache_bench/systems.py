@@ -6,6 +6,8 @@
                   (latency per request, a bandwidth cap, nothing cached by the kernel,
                   counters in --stats-file)
     rclone        rclone mount --vfs-cache-mode full over slowfs
+    floorfs       examples/floorfs.rs over the local copy: the least a FUSE filesystem
+                  does per file while serving it by passthrough (the FUSE floor)
     bicache       bicache mount over slowfs (or over the local copy: over="local")
 
 Every mount is registered in a Lifecycle as it comes up and leaves it once down; the driver
@@ -65,6 +67,7 @@ STANDARD = {
     "bindfs": System("bindfs", "bindfs", "bindfs"),
     "slowfs": System("slowfs", "slowfs", "slowfs (source)"),
     "rclone": System("rclone", "rclone", "rclone"),
+    "floorfs": System("floorfs", "floorfs", "floorfs (FUSE floor)", over="local"),
     "bicache": System("bicache", "bicache", "bicache"),
     "bicache-imm": System("bicache-imm", "bicache", "bicache --immutable",
                           args=("--immutable",)),
@@ -218,6 +221,29 @@ class BindfsMount(Mount):
 
     def _down(self):
         if not force_unmount(self.root):
+            log(f"could not unmount {self.root}")
+
+
+class FloorfsMount(Mount):
+    """examples/floorfs.rs over the local copy. It walks the tree into memory before it
+    mounts, so its start takes as long as a walk (minutes at a million files)."""
+    kind = "floorfs"
+
+    def up(self, data, threads=8, timeout=1800):
+        logf = open(self.lc.logfile(self.name), "ab")
+        try:
+            self.child = Child([self.lc.bins.floorfs, data, self.root, "--threads", str(threads)],
+                               stdout=logf, stderr=logf)
+        finally:
+            logf.close()
+        self._registered()
+        if not wait_mounted(self.root, timeout, self.child):
+            die(f"floorfs did not mount (see {self.lc.logfile(self.name, new=False)})")
+        return self
+
+    def _down(self):
+        self.child.stop(signal.SIGTERM, grace=10)
+        if is_mounted(self.root) and not force_unmount(self.root):
             log(f"could not unmount {self.root}")
 
 
@@ -412,6 +438,8 @@ class Lifecycle:
             return Borrowed(slow, s.name, s.label)
         if s.kind == "bindfs":
             return BindfsMount(self, s.name, s.label, self.mountpoint(s.name)).up(data)
+        if s.kind == "floorfs":
+            return FloorfsMount(self, s.name, s.label, self.mountpoint(s.name)).up(data)
         if s.over == "slowfs":
             if slow is None:
                 die(f"{s.name} reads slowfs, which is not running")

@@ -1,0 +1,406 @@
+//! floorfs: the least work a FUSE filesystem can do per file while it serves a local tree
+//! read-only through FUSE passthrough. A benchmark baseline, not a product: what any
+//! FUSE filesystem pays per file on this kernel and machine, so a gap between bicache and
+//! native can be split into what bicache costs and what FUSE itself costs.
+//!
+//! ```text
+//! floorfs SOURCE MOUNTPOINT [--threads N]
+//! ```
+//!
+//! * At start it walks SOURCE once into memory (names, attributes, parent links) and only
+//!   then mounts, so no request ever waits on a stat: LOOKUP and GETATTR are answered from
+//!   memory, valid for a day (the kernel asks once per name until it forgets it).
+//! * OPEN opens the source file relative to its folder (one descriptor per folder, held
+//!   from the start) and hands it to the kernel as the backing file (FUSE passthrough,
+//!   Linux 6.9+, as root); every read then goes from the kernel to the source file without
+//!   reaching this process. RELEASE drops the backing file. One backing id per inode
+//!   while it is open, as the kernel requires.
+//! * IOCTL answers ENOTTY (Python's `open()` asks TCGETS of every file); nothing else is
+//!   implemented beyond listing folders.
+//!
+//! So per file opened after the kernel forgot it, the requests are LOOKUP, OPEN, IOCTL
+//! (Python) and RELEASE, and the work in this process is one `openat` and the backing
+//! registration: the floor under any FUSE filesystem that serves files by passthrough.
+//!
+//! Build: `cargo build --release --example floorfs`.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use fuser::{
+    BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request, Session,
+};
+use nix::sys::signal::{SigSet, Signal};
+use parking_lot::Mutex;
+
+/// How long the kernel may keep names and attributes: the tree does not change.
+const TTL: Duration = Duration::from_secs(86_400);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "floorfs",
+    about = "Read-only FUSE passthrough with the least work per file (a benchmark floor)"
+)]
+struct Args {
+    /// Directory to serve (read once into memory at start).
+    source: PathBuf,
+    /// Where to mount it (an existing directory).
+    mountpoint: PathBuf,
+    /// FUSE request threads.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    threads: usize,
+}
+
+struct Node {
+    parent: u64,
+    name: OsString,
+    attr: FileAttr,
+    /// Folders: their entries (name -> inode) and an open descriptor (None beyond the
+    /// descriptor budget: such a folder's files are opened by path from the root).
+    children: HashMap<OsString, u64>,
+    dir_fd: Option<OwnedFd>,
+}
+
+struct FloorFs {
+    root: PathBuf,
+    /// Index = inode number - 1.
+    nodes: Vec<Node>,
+    /// Open inodes: their backing file and how many handles share it.
+    open: Mutex<HashMap<u64, (BackingId, u32)>>,
+}
+
+/// Folder descriptors held at most (the tree's files are never held open).
+const DIR_FD_BUDGET: usize = 8_000;
+
+fn file_type(ft: fs::FileType) -> FileType {
+    if ft.is_dir() {
+        FileType::Directory
+    } else if ft.is_symlink() {
+        FileType::Symlink
+    } else if ft.is_fifo() {
+        FileType::NamedPipe
+    } else if ft.is_char_device() {
+        FileType::CharDevice
+    } else if ft.is_block_device() {
+        FileType::BlockDevice
+    } else if ft.is_socket() {
+        FileType::Socket
+    } else {
+        FileType::RegularFile
+    }
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs as u64)
+    }
+}
+
+fn attr(ino: u64, m: &fs::Metadata) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: m.size(),
+        blocks: m.blocks(),
+        atime: time(m.atime(), m.atime_nsec()),
+        mtime: time(m.mtime(), m.mtime_nsec()),
+        ctime: time(m.ctime(), m.ctime_nsec()),
+        crtime: UNIX_EPOCH,
+        kind: file_type(m.file_type()),
+        perm: (m.mode() & 0o7777) as u16,
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        rdev: m.rdev() as u32,
+        blksize: m.blksize() as u32,
+        flags: 0,
+    }
+}
+
+fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+        .open(path)?;
+    Ok(f.into())
+}
+
+/// The whole tree, breadth first: inode 1 is SOURCE.
+fn walk(root: &std::path::Path) -> io::Result<Vec<Node>> {
+    let meta = fs::metadata(root)?;
+    let mut nodes = vec![Node {
+        parent: 1,
+        name: OsString::new(),
+        attr: attr(1, &meta),
+        children: HashMap::new(),
+        dir_fd: Some(open_dir(root)?),
+    }];
+    let mut fds = 1;
+    let mut queue = vec![(1u64, root.to_path_buf())];
+    while let Some((dir_ino, dir_path)) = queue.pop() {
+        let mut entries: Vec<_> = fs::read_dir(&dir_path)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let m = fs::symlink_metadata(e.path())?;
+            let ino = nodes.len() as u64 + 1;
+            let is_dir = m.is_dir();
+            let dir_fd = if is_dir && fds < DIR_FD_BUDGET {
+                fds += 1;
+                Some(open_dir(&e.path())?)
+            } else {
+                None
+            };
+            nodes.push(Node {
+                parent: dir_ino,
+                name: e.file_name(),
+                attr: attr(ino, &m),
+                children: HashMap::new(),
+                dir_fd,
+            });
+            nodes[dir_ino as usize - 1]
+                .children
+                .insert(e.file_name(), ino);
+            if is_dir {
+                queue.push((ino, e.path()));
+            }
+        }
+    }
+    Ok(nodes)
+}
+
+impl FloorFs {
+    fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
+        self.nodes
+            .get((ino.0 as usize).wrapping_sub(1))
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// The source file of `ino`, opened read-only: relative to its folder's descriptor,
+    /// or by path from the root for a folder without one.
+    fn open_source(&self, ino: u64) -> io::Result<File> {
+        let node = &self.nodes[ino as usize - 1];
+        let parent = &self.nodes[node.parent as usize - 1];
+        if let Some(dir) = &parent.dir_fd {
+            let name = std::ffi::CString::new(node.name.as_bytes())?;
+            // SAFETY: a valid folder descriptor and a NUL-terminated name.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a descriptor we own from here on.
+            return Ok(unsafe { File::from_raw_fd(fd) });
+        }
+        let mut parts = vec![node.name.as_os_str()];
+        let mut at = node.parent;
+        while at != 1 {
+            let n = &self.nodes[at as usize - 1];
+            parts.push(n.name.as_os_str());
+            at = n.parent;
+        }
+        let mut path = self.root.clone();
+        path.extend(parts.iter().rev());
+        File::open(path)
+    }
+}
+
+impl Filesystem for FloorFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        if !granted {
+            return Err(io::Error::other("the kernel refused FUSE passthrough"));
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let found = self
+            .node(parent)
+            .and_then(|p| p.children.get(name).copied().ok_or(Errno::ENOENT));
+        match found {
+            Ok(ino) => reply.entry(&TTL, &self.nodes[ino as usize - 1].attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(n) => reply.attr(&TTL, &n.attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        if self.node(ino).map(|n| n.attr.kind) != Ok(FileType::RegularFile) {
+            return reply.error(Errno::EINVAL);
+        }
+        let mut open = self.open.lock();
+        if let Some((backing, n)) = open.get_mut(&ino.0) {
+            *n += 1;
+            return reply.opened_passthrough(FileHandle(ino.0), FopenFlags::FOPEN_NOFLUSH, backing);
+        }
+        let backing = match self.open_source(ino.0).and_then(|f| reply.open_backing(&f)) {
+            Ok(b) => b,
+            Err(e) => {
+                return reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)));
+            }
+        };
+        reply.opened_passthrough(FileHandle(ino.0), FopenFlags::FOPEN_NOFLUSH, &backing);
+        open.insert(ino.0, (backing, 1));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut open = self.open.lock();
+        if let Some((_, n)) = open.get_mut(&ino.0) {
+            *n -= 1;
+            if *n == 0 {
+                // Dropping the BackingId closes it at the kernel.
+                open.remove(&ino.0);
+            }
+        }
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(n) if n.attr.kind == FileType::Directory => {
+                reply.opened(FileHandle(0), FopenFlags::empty())
+            }
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        // Offsets: 1 ".", 2 "..", then the entries in inode order (stable for this mount).
+        let mut kids: Vec<u64> = node.children.values().copied().collect();
+        kids.sort_unstable();
+        let dots = [(ino.0, "."), (node.parent, "..")];
+        for (i, (child, name)) in dots.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*child), i as u64 + 1, FileType::Directory, name) {
+                return reply.ok();
+            }
+        }
+        let start = (offset as usize).saturating_sub(2);
+        for (i, child) in kids.iter().enumerate().skip(start) {
+            let c = &self.nodes[*child as usize - 1];
+            if reply.add(INodeNo(*child), i as u64 + 3, c.attr.kind, &c.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY)
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let root = args
+        .source
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", args.source.display()))?;
+    let nodes = walk(&root).map_err(|e| format!("walking {}: {e}", root.display()))?;
+    let count = nodes.len();
+    let fs = FloorFs {
+        root: root.clone(),
+        nodes,
+        open: Mutex::new(HashMap::new()),
+    };
+
+    // SIGINT/SIGTERM are taken by a dedicated thread: block them before any thread exists.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName(format!("floorfs:{}", root.display())),
+        MountOption::Subtype("floorfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    config.n_threads = Some(args.threads);
+    config.clone_fd = true;
+    let mut session = Session::new(fs, &args.mountpoint, &config)
+        .map_err(|e| format!("mount {}: {e}", args.mountpoint.display()))?;
+    eprintln!(
+        "floorfs: {} on {} ({count} entries, {} threads)",
+        root.display(),
+        args.mountpoint.display(),
+        args.threads
+    );
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = args.mountpoint.clone();
+    std::thread::spawn(move || {
+        let Ok(sig) = signals.wait() else { return };
+        eprintln!("floorfs: {sig}, unmounting");
+        if unmounter.unmount().is_err() {
+            let _ = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            std::process::exit(0);
+        }
+    });
+    session.run().map_err(|e| format!("session: {e}"))
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("floorfs: {e}");
+        std::process::exit(1);
+    }
+}
