@@ -22,6 +22,11 @@
 //! (Python) and RELEASE, and the work in this process is one `openat` and the backing
 //! registration: the floor under any FUSE filesystem that serves files by passthrough.
 //!
+//! `--no-open` measures the other design: OPEN answers ENOSYS, so the kernel stops sending
+//! OPEN and RELEASE for good (`FUSE_NO_OPEN_SUPPORT`) and keeps file pages cached across
+//! opens; each READ then opens the source file, reads it and closes it. Per file: LOOKUP,
+//! IOCTL, and one READ per read-ahead window.
+//!
 //! Build: `cargo build --release --example floorfs`.
 
 use std::collections::HashMap;
@@ -30,15 +35,18 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+mod common;
 
 use clap::Parser;
+use common::{attr, errno};
 use fuser::{
     BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request, Session,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request, Session,
 };
 use nix::sys::signal::{SigSet, Signal};
 use parking_lot::Mutex;
@@ -59,6 +67,10 @@ struct Args {
     /// FUSE request threads.
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
+    /// No OPEN/RELEASE requests (the kernel's zero-message open); reads go through this
+    /// process instead of passthrough.
+    #[arg(long)]
+    no_open: bool,
 }
 
 struct Node {
@@ -77,56 +89,11 @@ struct FloorFs {
     nodes: Vec<Node>,
     /// Open inodes: their backing file and how many handles share it.
     open: Mutex<HashMap<u64, (BackingId, u32)>>,
+    no_open: bool,
 }
 
 /// Folder descriptors held at most (the tree's files are never held open).
 const DIR_FD_BUDGET: usize = 8_000;
-
-fn file_type(ft: fs::FileType) -> FileType {
-    if ft.is_dir() {
-        FileType::Directory
-    } else if ft.is_symlink() {
-        FileType::Symlink
-    } else if ft.is_fifo() {
-        FileType::NamedPipe
-    } else if ft.is_char_device() {
-        FileType::CharDevice
-    } else if ft.is_block_device() {
-        FileType::BlockDevice
-    } else if ft.is_socket() {
-        FileType::Socket
-    } else {
-        FileType::RegularFile
-    }
-}
-
-fn time(secs: i64, nsecs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs as u64)
-    }
-}
-
-fn attr(ino: u64, m: &fs::Metadata) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size: m.size(),
-        blocks: m.blocks(),
-        atime: time(m.atime(), m.atime_nsec()),
-        mtime: time(m.mtime(), m.mtime_nsec()),
-        ctime: time(m.ctime(), m.ctime_nsec()),
-        crtime: UNIX_EPOCH,
-        kind: file_type(m.file_type()),
-        perm: (m.mode() & 0o7777) as u16,
-        nlink: m.nlink() as u32,
-        uid: m.uid(),
-        gid: m.gid(),
-        rdev: m.rdev() as u32,
-        blksize: m.blksize() as u32,
-        flags: 0,
-    }
-}
 
 fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
     let f = File::options()
@@ -222,6 +189,9 @@ impl FloorFs {
 
 impl Filesystem for FloorFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if self.no_open {
+            return Ok(());
+        }
         let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
         if !granted {
@@ -248,6 +218,9 @@ impl Filesystem for FloorFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open {
+            return reply.error(Errno::ENOSYS);
+        }
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
@@ -262,11 +235,43 @@ impl Filesystem for FloorFs {
         let backing = match self.open_source(ino.0).and_then(|f| reply.open_backing(&f)) {
             Ok(b) => b,
             Err(e) => {
-                return reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)));
+                return reply.error(errno(&e));
             }
         };
         reply.opened_passthrough(FileHandle(ino.0), FopenFlags::FOPEN_NOFLUSH, &backing);
         open.insert(ino.0, (backing, 1));
+    }
+
+    /// Only with `--no-open` (passthrough reads never reach this process).
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        if self.node(ino).map(|n| n.attr.kind) != Ok(FileType::RegularFile) {
+            return reply.error(Errno::EINVAL);
+        }
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        let read = self.open_source(ino.0).and_then(|f| {
+            while done < buf.len() {
+                match f.read_at(&mut buf[done..], offset + done as u64)? {
+                    0 => break,
+                    n => done += n,
+                }
+            }
+            Ok(())
+        });
+        match read {
+            Ok(()) => reply.data(&buf[..done]),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn release(
@@ -357,6 +362,7 @@ fn run(args: Args) -> Result<(), String> {
         root: root.clone(),
         nodes,
         open: Mutex::new(HashMap::new()),
+        no_open: args.no_open,
     };
 
     // SIGINT/SIGTERM are taken by a dedicated thread: block them before any thread exists.
@@ -380,10 +386,15 @@ fn run(args: Args) -> Result<(), String> {
     let mut session = Session::new(fs, &args.mountpoint, &config)
         .map_err(|e| format!("mount {}: {e}", args.mountpoint.display()))?;
     eprintln!(
-        "floorfs: {} on {} ({count} entries, {} threads)",
+        "floorfs: {} on {} ({count} entries, {} threads, {})",
         root.display(),
         args.mountpoint.display(),
-        args.threads
+        args.threads,
+        if args.no_open {
+            "no open"
+        } else {
+            "passthrough"
+        }
     );
     let mut unmounter = session.unmount_callable();
     let mountpoint = args.mountpoint.clone();

@@ -229,11 +229,11 @@ class FloorfsMount(Mount):
     mounts, so its start takes as long as a walk (minutes at a million files)."""
     kind = "floorfs"
 
-    def up(self, data, threads=8, timeout=1800):
+    def up(self, data, args=(), threads=8, timeout=1800):
         logf = open(self.lc.logfile(self.name), "ab")
         try:
-            self.child = Child([self.lc.bins.floorfs, data, self.root, "--threads", str(threads)],
-                               stdout=logf, stderr=logf)
+            self.child = Child([self.lc.bins.floorfs, data, self.root, "--threads", str(threads),
+                                *map(str, args)], stdout=logf, stderr=logf)
         finally:
             logf.close()
         self._registered()
@@ -439,7 +439,7 @@ class Lifecycle:
         if s.kind == "bindfs":
             return BindfsMount(self, s.name, s.label, self.mountpoint(s.name)).up(data)
         if s.kind == "floorfs":
-            return FloorfsMount(self, s.name, s.label, self.mountpoint(s.name)).up(data)
+            return FloorfsMount(self, s.name, s.label, self.mountpoint(s.name)).up(data, s.args)
         if s.over == "slowfs":
             if slow is None:
                 die(f"{s.name} reads slowfs, which is not running")

@@ -6,6 +6,8 @@ DataLoader-like processes in a seeded random order after `drop_caches`, through:
   floorfs   examples/floorfs.rs over the tree: names and attributes from memory, every file
             served by FUSE passthrough; the least any FUSE filesystem does per file
             (LOOKUP, OPEN, Python's IOCTL, RELEASE, one openat and a backing registration)
+  floorfs-noopen  the same with `--no-open`: OPEN answers ENOSYS, so the kernel sends no
+            OPEN or RELEASE, and reads reach floorfs (the design passthrough rules out)
   bicache   `bicache mount TREE MNT --immutable`, its SSD tier filled by one epoch before
             the runs, remounted for each pass (the next job on the node)
 
@@ -17,10 +19,10 @@ from /proc/PID/stat).
 
 import os
 
-from bicache_bench import data
 from bicache_bench.report import fmt, header, med, table
 from bicache_bench.systems import STANDARD, System
-from bicache_bench.util import KiB, die, log
+from bicache_bench.util import die, log
+from scenarios import scale
 from scenarios.ab_cold_seq import proc_counters
 
 TITLE = "warm epoch over 1.28 M small files: native, the FUSE floor (floorfs), bicache"
@@ -45,9 +47,7 @@ def set_wake(mode):
 
 def run(b):
     p = b.p
-    tree = b.component(data.files(p.files, p.dirs, p.min_kib * KiB, p.max_kib * KiB,
-                                  "loguniform", p.seed))
-    b.meta.update(tree=tree.describe(), tree_files=tree.files, tree_bytes=tree.bytes)
+    tree = scale.make_tree(b)
     wakes = p.list("wake")
     if any(w not in ("off", "on") for w in wakes):
         die(f"wake={p.wake!r}: a list of off / on")
@@ -61,7 +61,10 @@ def run(b):
     b.meta.update(wake_original=original, wakes=wakes)
     bc = System("bicache", "bicache", "bicache --immutable", over="local",
                 args=("--immutable",), ram=p.ram, disk=p.disk)
-    known = {"native": STANDARD["native"], "floorfs": STANDARD["floorfs"], "bicache": bc}
+    known = {"native": STANDARD["native"], "floorfs": STANDARD["floorfs"],
+             "floorfs-noopen": STANDARD["floorfs"].with_(name="floorfs-noopen",
+                                                         args=("--no-open",)),
+             "bicache": bc}
     names = p.list("systems")
     for n in names:
         if n not in known:
@@ -95,7 +98,7 @@ def run(b):
                     seed = p.seed + 10 * r
                     if n == "native":
                         pass_(b.start(s, tree.path), wake, None, seed)
-                    elif n == "floorfs":
+                    elif n.startswith("floorfs"):
                         with b.start(s, tree.path) as m:
                             pass_(m, wake, m.child.pid, seed)
                     else:
@@ -126,7 +129,7 @@ def report(res, meta):
     rows = []
     for wake in meta["wakes"]:
         base = f"native-{wake}"
-        for s in ("native", "floorfs", "bicache"):
+        for s in ("native", "floorfs", "floorfs-noopen", "bicache"):
             name = f"{s}-{wake}"
             v = res.median(name, "epoch", fps)
             if v is None:

@@ -56,11 +56,18 @@ def bicache(name, p, over, *args):
                   args=tuple(args), ram=p.ram, disk=p.disk)
 
 
+def make_tree(b):
+    """The scale tree (generated once, shared with the floor scenario), described in b.meta."""
+    p = b.p
+    t = b.component(data.files(p.files, p.dirs, p.min_kib * KiB, p.max_kib * KiB,
+                               "loguniform", p.seed))
+    b.meta.update(tree=t.describe(), tree_files=t.files, tree_bytes=t.bytes)
+    return t
+
+
 def run(b):
     p = b.p
-    tree = b.component(data.files(p.files, p.dirs, p.min_kib * KiB, p.max_kib * KiB,
-                                  "loguniform", p.seed))
-    b.meta.update(tree=tree.describe(), tree_files=tree.files, tree_bytes=tree.bytes)
+    tree = make_tree(b)
     overs = p.list("over")
     for _ in b.runs():
         native = System("native", "native", "native")
