@@ -42,13 +42,12 @@ use std::time::Duration;
 mod common;
 
 use clap::Parser;
-use common::{attr, errno};
+use common::{attr, block_stop_signals, errno};
 use fuser::{
     BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr,
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request, Session,
 };
-use nix::sys::signal::{SigSet, Signal};
 use parking_lot::Mutex;
 
 /// How long the kernel may keep names and attributes: the tree does not change.
@@ -365,13 +364,7 @@ fn run(args: Args) -> Result<(), String> {
         no_open: args.no_open,
     };
 
-    // SIGINT/SIGTERM are taken by a dedicated thread: block them before any thread exists.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals
-        .thread_block()
-        .map_err(|e| format!("sigprocmask: {e}"))?;
+    let signals = block_stop_signals()?;
 
     let mut config = Config::default();
     config.mount_options = vec![

@@ -36,13 +36,12 @@ use std::time::{Duration, Instant};
 mod common;
 
 use clap::Parser;
-use common::{attr, errno, file_type};
+use common::{attr, block_stop_signals, errno, file_type};
 use fuser::{
     Config, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
     MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, Request, Session,
 };
-use nix::sys::signal::{SigSet, Signal};
 use parking_lot::{Mutex, RwLock};
 
 /// Largest read request served (the kernel never asks for more than its max_pages).
@@ -452,14 +451,7 @@ fn run(args: Args) -> Result<(), String> {
         next_fh: AtomicU64::new(1),
     };
 
-    // SIGINT/SIGTERM are taken by a dedicated thread: block them here, before any thread
-    // exists, so every thread inherits the mask.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals
-        .thread_block()
-        .map_err(|e| format!("sigprocmask: {e}"))?;
+    let signals = block_stop_signals()?;
 
     let mut config = Config::default();
     config.mount_options = vec![

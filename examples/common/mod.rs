@@ -1,5 +1,5 @@
 //! What the benchmark filesystems (slowfs, floorfs) share: a source file's attributes in
-//! FUSE's terms, and errno from an I/O error.
+//! FUSE's terms, errno from an I/O error, and the stop signals.
 
 use std::fs::{self, Metadata};
 use std::io;
@@ -7,6 +7,19 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
+use nix::sys::signal::{SigSet, Signal};
+
+/// Blocks SIGINT and SIGTERM in the calling thread, to be taken by a dedicated thread with
+/// `wait()`. Call it before any thread exists, so every thread inherits the mask.
+pub fn block_stop_signals() -> Result<SigSet, String> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+    Ok(signals)
+}
 
 pub fn errno(e: &io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
