@@ -4,7 +4,7 @@
 //! native can be split into what bicache costs and what FUSE itself costs.
 //!
 //! ```text
-//! floorfs SOURCE MOUNTPOINT [--threads N]
+//! floorfs SOURCE MOUNTPOINT [--threads N] [--no-open]
 //! ```
 //!
 //! * At start it walks SOURCE once into memory (names, attributes, parent links) and only
@@ -102,7 +102,7 @@ fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(f.into())
 }
 
-/// The whole tree, breadth first: inode 1 is SOURCE.
+/// The whole tree, folder by folder (depth first): inode 1 is SOURCE.
 fn walk(root: &std::path::Path) -> io::Result<Vec<Node>> {
     let meta = fs::metadata(root)?;
     let mut nodes = vec![Node {
@@ -226,19 +226,22 @@ impl Filesystem for FloorFs {
         if self.node(ino).map(|n| n.attr.kind) != Ok(FileType::RegularFile) {
             return reply.error(Errno::EINVAL);
         }
-        let mut open = self.open.lock();
-        if let Some((backing, n)) = open.get_mut(&ino.0) {
+        // An inode already open shares its backing file (the kernel wants one per inode).
+        if let Some((backing, n)) = self.open.lock().get_mut(&ino.0) {
             *n += 1;
             return reply.opened_passthrough(FileHandle(ino.0), FopenFlags::FOPEN_NOFLUSH, backing);
         }
+        // Opened and registered outside the lock, so opens of different files run in
+        // parallel; if an open of the same inode got in first, its backing file is used and
+        // this one is dropped (closed).
         let backing = match self.open_source(ino.0).and_then(|f| reply.open_backing(&f)) {
             Ok(b) => b,
-            Err(e) => {
-                return reply.error(errno(&e));
-            }
+            Err(e) => return reply.error(errno(&e)),
         };
-        reply.opened_passthrough(FileHandle(ino.0), FopenFlags::FOPEN_NOFLUSH, &backing);
-        open.insert(ino.0, (backing, 1));
+        let mut open = self.open.lock();
+        let (backing, n) = open.entry(ino.0).or_insert((backing, 0));
+        *n += 1;
+        reply.opened_passthrough(FileHandle(ino.0), FopenFlags::FOPEN_NOFLUSH, backing);
     }
 
     /// Only with `--no-open` (passthrough reads never reach this process).

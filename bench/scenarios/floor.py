@@ -19,7 +19,7 @@ from /proc/PID/stat).
 
 import os
 
-from bicache_bench.report import fmt, header, med, table
+from bicache_bench.report import fmt, header, table
 from bicache_bench.systems import STANDARD, System
 from bicache_bench.util import die, log
 from scenarios import scale
@@ -102,8 +102,9 @@ def run(b):
                         with b.start(s, tree.path) as m:
                             pass_(m, wake, m.child.pid, seed)
                     else:
-                        with b.start(bc, tree.path, fresh=False) as m:
-                            m.name = s.name
+                        # The cache dir the fill made, whatever this pass's mount is named.
+                        with b.start(s, tree.path, fresh=False,
+                                     cache_dir=b.lc.cachedir(bc.name)) as m:
                             m.phase = f"epoch wake={wake}"
                             pass_(m, wake, m.pid, seed)
     finally:
