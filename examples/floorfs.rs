@@ -4,7 +4,7 @@
 //! native can be split into what bicache costs and what FUSE itself costs.
 //!
 //! ```text
-//! floorfs SOURCE MOUNTPOINT [--threads N] [--no-open]
+//! floorfs SOURCE MOUNTPOINT [--threads N] [--no-open | --read-through]
 //! ```
 //!
 //! * At start it walks SOURCE once into memory (names, attributes, parent links) and only
@@ -27,6 +27,11 @@
 //! opens; each READ then opens the source file, reads it and closes it. Per file: LOOKUP,
 //! IOCTL, and one READ per read-ahead window.
 //!
+//! `--read-through` is the floor under a cache's miss: OPEN opens the source file and
+//! keeps its descriptor for the handle, each READ is one `pread` of it, nothing is cached
+//! or checked. Over a slow source it shows what the FUSE hop in front of it costs a reader
+//! whose every read misses (docs/TUNING.md, "The floor under a cold random read").
+//!
 //! Build: `cargo build --release --example floorfs`.
 
 use std::collections::HashMap;
@@ -37,6 +42,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 mod common;
@@ -68,8 +76,12 @@ struct Args {
     threads: usize,
     /// No OPEN/RELEASE requests (the kernel's zero-message open); reads go through this
     /// process instead of passthrough.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "read_through")]
     no_open: bool,
+    /// Reads go through this process from a descriptor opened per handle (no
+    /// passthrough, no cache): the FUSE hop in front of the source alone.
+    #[arg(long)]
+    read_through: bool,
 }
 
 struct Node {
@@ -89,6 +101,9 @@ struct FloorFs {
     /// Open inodes: their backing file and how many handles share it.
     open: Mutex<HashMap<u64, (BackingId, u32)>>,
     no_open: bool,
+    /// `--read-through`: the source descriptor of each open handle, by handle number.
+    handles: Option<Mutex<HashMap<u64, Arc<File>>>>,
+    next_handle: AtomicU64,
 }
 
 /// Folder descriptors held at most (the tree's files are never held open).
@@ -188,7 +203,7 @@ impl FloorFs {
 
 impl Filesystem for FloorFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        if self.no_open {
+        if self.no_open || self.handles.is_some() {
             return Ok(());
         }
         let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -226,6 +241,16 @@ impl Filesystem for FloorFs {
         if self.node(ino).map(|n| n.attr.kind) != Ok(FileType::RegularFile) {
             return reply.error(Errno::EINVAL);
         }
+        if let Some(handles) = &self.handles {
+            return match self.open_source(ino.0) {
+                Ok(f) => {
+                    let fh = self.next_handle.fetch_add(1, Relaxed);
+                    handles.lock().insert(fh, Arc::new(f));
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH)
+                }
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         // An inode already open shares its backing file (the kernel wants one per inode).
         if let Some((backing, n)) = self.open.lock().get_mut(&ino.0) {
             *n += 1;
@@ -244,12 +269,13 @@ impl Filesystem for FloorFs {
         reply.opened_passthrough(FileHandle(ino.0), FopenFlags::FOPEN_NOFLUSH, backing);
     }
 
-    /// Only with `--no-open` (passthrough reads never reach this process).
+    /// Only with `--no-open` or `--read-through` (passthrough reads never reach this
+    /// process).
     fn read(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -261,7 +287,15 @@ impl Filesystem for FloorFs {
         }
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
-        let read = self.open_source(ino.0).and_then(|f| {
+        let file = match &self.handles {
+            Some(h) => h
+                .lock()
+                .get(&fh.0)
+                .cloned()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF)),
+            None => self.open_source(ino.0).map(Arc::new),
+        };
+        let read = file.and_then(|f| {
             while done < buf.len() {
                 match f.read_at(&mut buf[done..], offset + done as u64)? {
                     0 => break,
@@ -280,12 +314,16 @@ impl Filesystem for FloorFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(handles) = &self.handles {
+            handles.lock().remove(&fh.0);
+            return reply.ok();
+        }
         let mut open = self.open.lock();
         if let Some((_, n)) = open.get_mut(&ino.0) {
             *n -= 1;
@@ -365,6 +403,8 @@ fn run(args: Args) -> Result<(), String> {
         nodes,
         open: Mutex::new(HashMap::new()),
         no_open: args.no_open,
+        handles: args.read_through.then(|| Mutex::new(HashMap::new())),
+        next_handle: AtomicU64::new(1),
     };
 
     let signals = block_stop_signals()?;

@@ -7,7 +7,9 @@
                   counters in --stats-file)
     rclone        rclone mount --vfs-cache-mode full over slowfs
     floorfs       examples/floorfs.rs over the local copy: the least a FUSE filesystem
-                  does per file while serving it by passthrough (the FUSE floor)
+                  does per file while serving it by passthrough (the FUSE floor);
+                  floorfs-rt: `--read-through` over slowfs, the FUSE hop in front of the
+                  source with nothing cached (the floor under a cache's miss)
     bicache       bicache mount over slowfs (or over the local copy: over="local")
 
 Every mount is registered in a Lifecycle as it comes up and leaves it once down; the driver
@@ -52,7 +54,8 @@ class System:
     @property
     def uses_source(self):
         """Reads reach slowfs (its counters say what the pass pulled)."""
-        return self.kind == "slowfs" or (self.has_cache and self.over == "slowfs")
+        return self.kind == "slowfs" or (self.kind in ("floorfs", "rclone", "bicache")
+                                         and self.over == "slowfs")
 
     @property
     def is_bicache(self):
@@ -68,6 +71,8 @@ STANDARD = {
     "slowfs": System("slowfs", "slowfs", "slowfs (source)"),
     "rclone": System("rclone", "rclone", "rclone"),
     "floorfs": System("floorfs", "floorfs", "floorfs (FUSE floor)", over="local"),
+    "floorfs-rt": System("floorfs-rt", "floorfs", "floorfs --read-through",
+                         args=("--read-through",)),
     "bicache": System("bicache", "bicache", "bicache"),
     "bicache-imm": System("bicache-imm", "bicache", "bicache --immutable",
                           args=("--immutable",)),
@@ -438,15 +443,15 @@ class Lifecycle:
             return Borrowed(slow, s.name, s.label)
         if s.kind == "bindfs":
             return BindfsMount(self, s.name, s.label, self.mountpoint(s.name)).up(data)
-        if s.kind == "floorfs":
-            return FloorfsMount(self, s.name, s.label, self.mountpoint(s.name)).up(data, s.args)
         if s.over == "slowfs":
             if slow is None:
                 die(f"{s.name} reads slowfs, which is not running")
             src, source = slow.root, slow
         else:
             src, source = data, None
-        if s.kind == "rclone":
+        if s.kind == "floorfs":
+            m = FloorfsMount(self, s.name, s.label, self.mountpoint(s.name)).up(src, s.args)
+        elif s.kind == "rclone":
             m = RcloneMount(self, s.name, s.label, self.mountpoint(s.name)).up(src, extra_args)
         elif s.kind == "bicache":
             m = BicacheMount(self, s.name, s.label, src, ram or s.ram, disk or s.disk,
