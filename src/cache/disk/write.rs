@@ -24,38 +24,7 @@ use crate::buf::Buf;
 /// The open files of a large file being filled: its data and its index.
 pub(super) struct LargeFiles {
     data: File,
-    /// The data file again, opened `O_DIRECT`, for the block-aligned part of each piece:
-    /// a buffered write copies every byte into the page cache, which on a cold stream was
-    /// a third of the daemon's CPU (docs/TUNING.md, "Writing the SSD tier around the page
-    /// cache"). None where the file system refuses `O_DIRECT`.
-    direct: Option<File>,
     idx: File,
-}
-
-/// What `O_DIRECT` asks of offsets, lengths and buffer addresses (the largest logical
-/// block size in use; a device with larger blocks refuses, and the piece goes buffered).
-const DIRECT_ALIGN: usize = 4096;
-
-impl LargeFiles {
-    /// Writes `bytes` at `at` of the data file: the block-aligned head straight to the
-    /// device where it can, the rest (a file's unaligned tail) through the page cache.
-    fn write_data(&self, bytes: &[u8], at: u64) -> io::Result<()> {
-        let aligned = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-        let mut done = 0;
-        if let Some(direct) = &self.direct
-            && aligned > 0
-            && at.is_multiple_of(DIRECT_ALIGN as u64)
-            && (bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
-        {
-            match direct.write_all_at(&bytes[..aligned], at) {
-                Ok(()) => done = aligned,
-                // Alignment the device does not take: the whole piece goes buffered.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.data.write_all_at(&bytes[done..], at + done as u64)
-    }
 }
 
 /// A piece of a file on its way to the SSD.
@@ -349,7 +318,10 @@ impl Inner {
                 ix.get(job.key).is_some_and(|e| e.stamp == stamp)
             })
         });
-        if let Err(e) = files.write_data(&job.data, job.chunk * self.chunk_size + start as u64) {
+        if let Err(e) = files
+            .data
+            .write_all_at(&job.data, job.chunk * self.chunk_size + start as u64)
+        {
             self.unreserve(charge);
             return Err(e);
         }
@@ -408,14 +380,7 @@ impl Inner {
                 ix.reserved = ix.reserved.saturating_sub(4096);
             }
         }
-        // O_DIRECT is a hint to the file system; one that refuses it (EINVAL) gets
-        // buffered writes.
-        let direct = self
-            .files
-            .open_at(&data_path(job.key), OFlag::O_WRONLY | OFlag::O_DIRECT)
-            .ok()
-            .map(File::from);
-        let w = Arc::new(LargeFiles { data, direct, idx });
+        let w = Arc::new(LargeFiles { data, idx });
         self.writers.lock().put(job.key, w.clone());
         Ok(w)
     }
@@ -425,93 +390,4 @@ impl Inner {
 /// once, when the file is made).
 pub(super) fn pending_charge(len: usize) -> u64 {
     on_disk(len as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-
-    /// Which of the file's first `pages` pages are in the page cache (`mincore`).
-    fn resident(file: &File, pages: usize) -> Vec<bool> {
-        let len = pages * 4096;
-        let mut vec = vec![0u8; pages];
-        // SAFETY: a fresh shared read-only mapping, looked at and unmapped here.
-        unsafe {
-            let map = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            );
-            assert_ne!(map, libc::MAP_FAILED);
-            let rc = libc::mincore(map, len, vec.as_mut_ptr());
-            assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
-            libc::munmap(map, len);
-        }
-        vec.iter().map(|v| v & 1 == 1).collect()
-    }
-
-    fn large_files(dir: &std::path::Path) -> LargeFiles {
-        let open = |flags: i32| {
-            File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .custom_flags(flags)
-                .open(dir.join("d"))
-                .unwrap()
-        };
-        let data = open(0);
-        let direct = Some(open(libc::O_DIRECT));
-        let idx = open(0);
-        LargeFiles { data, direct, idx }
-    }
-
-    #[test]
-    fn pieces_go_around_the_page_cache_but_an_unaligned_tail() {
-        let t = tempfile::tempdir().unwrap();
-        let files = large_files(t.path());
-        let pattern = |i: usize| (i * 7 + i / 4096) as u8;
-        // A whole chunk's worth (aligned) and a file's tail of 3 pages and 100 bytes.
-        let mut a = Buf::zeroed(8 * 4096);
-        a.iter_mut().enumerate().for_each(|(i, b)| *b = pattern(i));
-        let mut tail = Buf::zeroed(3 * 4096 + 100);
-        tail.iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = pattern(8 * 4096 + i));
-        files.write_data(&a, 0).unwrap();
-        files.write_data(&tail, 8 * 4096).unwrap();
-        // Unaligned in memory: all of it through the page cache, still the right bytes.
-        let mut odd = Buf::zeroed(4097);
-        odd.iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = pattern(12 * 4096 + i - 1));
-        files.write_data(&odd[1..], 12 * 4096).unwrap();
-        files.data.sync_data().unwrap();
-        let got = std::fs::read(t.path().join("d")).unwrap();
-        assert_eq!(got.len(), 13 * 4096);
-        let want: Vec<u8> = (0..8 * 4096 + 3 * 4096 + 100)
-            .map(pattern)
-            .chain(std::iter::repeat_n(0, 4096 - 100))
-            .chain((12 * 4096..13 * 4096).map(pattern))
-            .collect();
-        assert!(got == want, "bytes differ");
-        // Read back through the page cache above, so drop it, then write again and look:
-        // the direct part leaves no pages behind, the buffered tail does.
-        let f = File::open(t.path().join("d")).unwrap();
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        files.write_data(&a, 0).unwrap();
-        files.write_data(&tail, 8 * 4096).unwrap();
-        let r = resident(&f, 12);
-        assert_eq!(&r[..8], &[false; 8], "direct pages cached: {r:?}");
-        assert_eq!(&r[8..11], &[false; 3], "tail's aligned pages cached: {r:?}");
-        assert!(
-            r[11],
-            "the unaligned last page went around the page cache: {r:?}"
-        );
-    }
 }
