@@ -52,12 +52,6 @@ class System:
         return self.kind in ("rclone", "bicache")
 
     @property
-    def uses_source(self):
-        """Reads reach slowfs (its counters say what the pass pulled)."""
-        return self.kind == "slowfs" or (self.kind in ("floorfs", "rclone", "bicache")
-                                         and self.over == "slowfs")
-
-    @property
     def is_bicache(self):
         return self.kind == "bicache"
 

@@ -22,9 +22,8 @@ import os
 
 from bicache_bench import build
 from bicache_bench.report import fmt, header, table
-from bicache_bench.systems import System
+from bicache_bench.systems import STANDARD, System
 from bicache_bench.util import die
-from bicache_bench.systems import STANDARD
 from scenarios import suite
 
 TITLE = "A/B of two bicache binaries: cold sequential 1 MiB reads over slowfs"
@@ -133,9 +132,11 @@ def report(res, meta):
         a, bb = res.median("A", "seq1-warm", mbps), res.median("B", "seq1-warm", mbps)
         ra = res.ratio("A", "native", "seq1-warm", mbps)
         rb = res.ratio("B", "native", "seq1-warm", mbps)
+        touched = (f", {p['pretouch_mib']} MiB of another file read first"
+                   if p.get("pretouch_mib") else "")
         L += ["", "The warm pass right after each cold seq1 pass (same mount, write-back "
-              f"drained, page cache dropped{', ' + str(p['pretouch_mib']) + ' MiB of another file read first' if p.get('pretouch_mib') else ''}), "
-              "against native reads of the same files in the same rep:", ""]
+              f"drained, page cache dropped{touched}), against native reads of the same "
+              "files in the same rep:", ""]
         L += table(["fio", "A MB/s", "B MB/s", "native MB/s", "x native (A / B)"],
                    [["1 job, warm", fmt(a, ",.1f"), fmt(bb, ",.1f"),
                      fmt(res.median("native", "seq1-warm", mbps), ",.1f"),

@@ -33,8 +33,8 @@ HEADING = "The version check over a source that caches attributes (`bench/run.py
 NEEDS = ["fio"]
 PY_NEEDS = ["numpy"]
 
-PARAMS = dict(runs=3, attr_ttls="0 3", systems="slowfs floorfs-rt bicache bicache-imm", ram="2GiB", disk="8GiB", latency_ms=1.0,
-              meta_latency_ms=-1.0, bandwidth_mbps=200.0, slowfs_threads=8, seed=20240611,
+PARAMS = dict(runs=3, attr_ttls="0 3", systems="slowfs floorfs-rt bicache bicache-imm",
+              ram="2GiB", disk="8GiB", latency_ms=1.0, meta_latency_ms=-1.0, bandwidth_mbps=200.0, slowfs_threads=8, seed=20240611,
               cold_file_mib=2048, runtime=8, cold_bs="4k 128k", cold_jobs="1 4")
 QUICK = dict(cold_file_mib=32, runtime=1, runs=1, cold_jobs="4")
 
